@@ -1,0 +1,73 @@
+"""TwinBench in JAX: ranking metrics, permutation nulls and the bias-corrected AUC-F1.
+
+The array core (similarities, ranks, p-values, AUC-F1) is re-exported here;
+see `SPEC.md` for the definition of every number. Import as
+``import twinbench_jax as tb``.
+"""
+
+from twinbench_jax._src.auc import AucF1Result, auc_f1, candidate_auc_f1
+from twinbench_jax._src.own_scores import cross_own_scores, own_scores
+from twinbench_jax._src.pipeline import ArrayEvaluation, evaluate_arrays
+from twinbench_jax._src.pvalues import (
+    benjamini_hochberg,
+    empirical_pvalues,
+    exceedance_counts,
+    fraction_called,
+    label_permutation_pvalues,
+    pvalues_from_counts,
+)
+from twinbench_jax._src.randomize import permute_rows, shuffle_features
+from twinbench_jax._src.ranking import (
+    f1_at_k,
+    gini,
+    hit_at_k,
+    normalized_rank,
+    precision_at_k,
+    recall_at_k,
+    reciprocal_rank,
+    relevant_in_top_k,
+    top1_counts,
+    truth_ranks,
+)
+from twinbench_jax._src.relevance import relevance_from_labels
+from twinbench_jax._src.similarity import METRICS, similarity
+from twinbench_jax._src.simulate import SimulatedData, simulate_perturbations
+
+__version__ = "0.1.0"
+# Bumped whenever the meaning of a reported number changes (SPEC.md), so saved
+# reports from different definitions are never silently compared.
+METRIC_VERSION = "1"
+
+__all__ = [
+    "METRICS",
+    "METRIC_VERSION",
+    "ArrayEvaluation",
+    "AucF1Result",
+    "SimulatedData",
+    "auc_f1",
+    "benjamini_hochberg",
+    "candidate_auc_f1",
+    "cross_own_scores",
+    "empirical_pvalues",
+    "evaluate_arrays",
+    "exceedance_counts",
+    "f1_at_k",
+    "fraction_called",
+    "gini",
+    "hit_at_k",
+    "label_permutation_pvalues",
+    "normalized_rank",
+    "own_scores",
+    "permute_rows",
+    "precision_at_k",
+    "pvalues_from_counts",
+    "recall_at_k",
+    "reciprocal_rank",
+    "relevance_from_labels",
+    "relevant_in_top_k",
+    "shuffle_features",
+    "similarity",
+    "simulate_perturbations",
+    "top1_counts",
+    "truth_ranks",
+]

@@ -1,0 +1,211 @@
+"""Exact ranking metrics: the rank of the truth and the "at K" family (SPEC §2).
+
+`truth_ranks` is the one primitive; hit@K, MRR and normalised rank are
+functions of its output. recall/precision/F1@K count how many relevant
+candidates reach the top K, which needs the position of every relevant
+candidate, not only the best one.
+
+NaN scores are treated as -inf: a NaN never ranks above a real score, and two
+NaNs tie.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from twinbench_jax._src import validation
+
+TIES = ("average", "optimistic", "pessimistic")
+
+_TIE_WEIGHT = {"average": 0.5, "optimistic": 0.0, "pessimistic": 1.0}
+
+ReduceFn = Optional[Callable[[jax.Array], jax.Array]]
+
+
+def _check_scores_relevance(scores, relevance):
+  s = validation.as_float_array(scores, "scores", ndim=2)
+  rel = validation.as_bool_array(relevance, "relevance", ndim=2)
+  validation.check_same_shape(s, rel, "scores", "relevance")
+  validation.check_every_query_has_relevant(rel)
+  return s, rel
+
+
+def _check_ties(ties: str) -> None:
+  if ties not in TIES:
+    raise ValueError(f"unknown `ties` {ties!r}; choose one of {TIES}")
+
+
+def truth_ranks(scores: jax.Array, relevance: jax.Array, *, ties: str = "average") -> jax.Array:
+  r"""Rank of the truth for every query (1 = best), SPEC §2.
+
+  .. math::
+     r_q = 1 + \#\{c \notin \mathrm{rel}_q : s_{qc} > s_{qc^*}\}
+             + w \cdot \#\{c \notin \mathrm{rel}_q : s_{qc} = s_{qc^*}\}
+
+  where :math:`c^*` is the best-scored relevant candidate (other relevant
+  candidates never push the truth down) and the tie weight `w` is 1/2 for
+  ``ties="average"`` (the expected rank under random tie-breaking), 0 for
+  ``"optimistic"`` and 1 for ``"pessimistic"``.
+
+  Args:
+    scores: `[Q, C]` similarities, larger = closer. NaN counts as -inf.
+    relevance: `[Q, C]` boolean; `True` where candidate `c` comes from the
+      perturbation of query `q`. Every query needs at least one `True`
+      (checked when the array is concrete; under `jit` such a query gets NaN).
+    ties: ``"average"``, ``"optimistic"`` or ``"pessimistic"``.
+
+  Returns:
+    `[Q]` float ranks in `[1, 1 + #non-relevant]`.
+  """
+  s, rel = _check_scores_relevance(scores, relevance)
+  _check_ties(ties)
+  return _truth_ranks(s, rel, ties=ties)
+
+
+@functools.partial(jax.jit, static_argnames=("ties",))
+def _truth_ranks(s: jax.Array, rel: jax.Array, *, ties: str) -> jax.Array:
+  s = validation.nan_to_neg_inf(s)
+  best = jnp.max(jnp.where(rel, s, -jnp.inf), axis=1, keepdims=True)
+  other = ~rel
+  greater = jnp.sum(other & (s > best), axis=1)
+  equal = jnp.sum(other & (s == best), axis=1)
+  ranks = 1.0 + greater + _TIE_WEIGHT[ties] * equal
+  return jnp.where(jnp.any(rel, axis=1), ranks.astype(s.dtype), jnp.nan)
+
+
+def _reduce(values: jax.Array, where: Optional[jax.Array], reduce_fn: ReduceFn) -> jax.Array:
+  if reduce_fn is None:
+    return values
+  if where is None:
+    return reduce_fn(values)
+  if reduce_fn is jnp.mean:
+    # A fully masked input gives 0, never NaN.
+    n = jnp.sum(where)
+    return jnp.where(n > 0, jnp.sum(jnp.where(where, values, 0.0)) / jnp.maximum(n, 1), 0.0)
+  return reduce_fn(values[where])
+
+
+def hit_at_k(ranks: jax.Array, k: float, *, where: Optional[jax.Array] = None,
+             reduce_fn: ReduceFn = jnp.mean) -> jax.Array:
+  """`1[r_q <= k]` per query, reduced by `reduce_fn` (mean; `None` keeps `[Q]`). SPEC §2."""
+  ranks = validation.as_float_array(ranks, "ranks", ndim=1)
+  return _reduce((ranks <= k).astype(ranks.dtype), where, reduce_fn)
+
+
+def reciprocal_rank(ranks: jax.Array, *, where: Optional[jax.Array] = None,
+                    reduce_fn: ReduceFn = jnp.mean) -> jax.Array:
+  """`1 / r_q` per query; its mean is the MRR. SPEC §2."""
+  ranks = validation.as_float_array(ranks, "ranks", ndim=1)
+  return _reduce(1.0 / ranks, where, reduce_fn)
+
+
+def normalized_rank(ranks: jax.Array, relevance: jax.Array, *,
+                    where: Optional[jax.Array] = None,
+                    reduce_fn: ReduceFn = jnp.mean) -> jax.Array:
+  """`(r_q - 1) / #non-relevant_q` in [0, 1], 0 = best (0 when nothing is non-relevant)."""
+  ranks = validation.as_float_array(ranks, "ranks", ndim=1)
+  rel = validation.as_bool_array(relevance, "relevance", ndim=2)
+  if rel.shape[0] != ranks.shape[0]:
+    raise ValueError(f"`ranks` {tuple(ranks.shape)} and `relevance` {tuple(rel.shape)} "
+                     "disagree on the number of queries")
+  n_other = jnp.sum(~rel, axis=1).astype(ranks.dtype)
+  return _reduce(jnp.where(n_other > 0, (ranks - 1.0) / jnp.maximum(n_other, 1), 0.0),
+                 where, reduce_fn)
+
+
+def relevant_in_top_k(scores: jax.Array, relevance: jax.Array, k: int, *,
+                      ties: str = "average") -> jax.Array:
+  r"""`|top-K ∩ rel_q|` per query, `[Q]` float.
+
+  Each relevant candidate's position among *all* candidates is
+  `1 + #{c' : s > s_c} + w #{c' != c : s = s_c}` (tie weight `w` as in
+  `truth_ranks`); a relevant candidate is in the top K when its position is
+  at most K.
+  """
+  s, rel = _check_scores_relevance(scores, relevance)
+  _check_ties(ties)
+  return _relevant_in_top_k(s, rel, k=k, ties=ties)
+
+
+@functools.partial(jax.jit, static_argnames=("ties",))
+def _relevant_in_top_k(s, rel, k, *, ties):
+  s = validation.nan_to_neg_inf(s)
+  sorted_s = jnp.sort(s, axis=1)
+  c = s.shape[1]
+
+  def positions(row_sorted, row):
+    left = jnp.searchsorted(row_sorted, row, side="left")
+    right = jnp.searchsorted(row_sorted, row, side="right")
+    greater = c - right
+    equal_others = right - left - 1
+    return 1.0 + greater + _TIE_WEIGHT[ties] * equal_others
+
+  pos = jax.vmap(positions)(sorted_s, s)
+  return jnp.sum(rel & (pos <= k), axis=1).astype(s.dtype)
+
+
+def recall_at_k(scores: jax.Array, relevance: jax.Array, k: int, *, ties: str = "average",
+                where: Optional[jax.Array] = None, reduce_fn: ReduceFn = jnp.mean) -> jax.Array:
+  """`|top-K ∩ rel_q| / R_q`, SPEC §2."""
+  hits = relevant_in_top_k(scores, relevance, k, ties=ties)
+  n_rel = jnp.sum(jnp.asarray(relevance), axis=1)
+  return _reduce(hits / jnp.maximum(n_rel, 1), where, reduce_fn)
+
+
+def precision_at_k(scores: jax.Array, relevance: jax.Array, k: int, *,
+                   ties: str = "average", where: Optional[jax.Array] = None,
+                   reduce_fn: ReduceFn = jnp.mean) -> jax.Array:
+  """`|top-K ∩ rel_q| / K`, SPEC §2."""
+  if k < 1:
+    raise ValueError(f"`k` must be >= 1, got {k}")
+  hits = relevant_in_top_k(scores, relevance, k, ties=ties)
+  return _reduce(hits / k, where, reduce_fn)
+
+
+def f1_at_k(scores: jax.Array, relevance: jax.Array, k: int, *, ties: str = "average",
+            where: Optional[jax.Array] = None, reduce_fn: ReduceFn = jnp.mean) -> jax.Array:
+  """Harmonic mean of precision@K and recall@K per query, `2 h / (K + R_q)`. SPEC §2."""
+  if k < 1:
+    raise ValueError(f"`k` must be >= 1, got {k}")
+  hits = relevant_in_top_k(scores, relevance, k, ties=ties)
+  n_rel = jnp.sum(jnp.asarray(relevance), axis=1)
+  return _reduce(2.0 * hits / (k + n_rel), where, reduce_fn)
+
+
+def top1_counts(scores: jax.Array, *, where: Optional[jax.Array] = None) -> jax.Array:
+  """How often each candidate is ranked first across queries, `[C]` float.
+
+  A query whose top score is shared by `n` candidates gives each of them `1/n`,
+  so the counts always sum to the number of (unmasked) queries. A collapsed
+  model sends every query to the same few "popular" candidates (SPEC §2).
+
+  Args:
+    scores: `[Q, C]` similarities.
+    where: optional `[Q]` boolean mask of the queries to count.
+  """
+  s = validation.as_float_array(scores, "scores", ndim=2)
+  s = validation.nan_to_neg_inf(s)
+  top = s == jnp.max(s, axis=1, keepdims=True)
+  share = top / jnp.sum(top, axis=1, keepdims=True)
+  if where is not None:
+    share = jnp.where(jnp.asarray(where)[:, None], share, 0.0)
+  return jnp.sum(share, axis=0)
+
+
+def gini(counts: jax.Array) -> jax.Array:
+  r"""Gini coefficient of non-negative counts: 0 = spread evenly, `1 - 1/n` = all on one.
+
+  .. math:: G = \frac{\sum_i \sum_j |x_i - x_j|}{2 n \sum_i x_i}
+
+  computed from the sorted values in O(n log n). All-zero counts give 0.
+  """
+  x = jnp.sort(validation.as_float_array(counts, "counts", ndim=1))
+  n = x.shape[0]
+  total = jnp.sum(x)
+  i = jnp.arange(1, n + 1, dtype=x.dtype)
+  g = jnp.sum((2.0 * i - n - 1.0) * x) / jnp.maximum(n * total, jnp.finfo(x.dtype).tiny)
+  return jnp.where(total > 0, g, 0.0)
