@@ -16,7 +16,7 @@ from twinbench_jax._src.pvalues import (
     label_permutation_pvalues,
     pvalues_from_counts,
 )
-from twinbench_jax._src.randomize import permute_rows, shuffle_features
+from twinbench_jax._src.randomize import permute_rows, resolve_randomizer, shuffle_features
 from twinbench_jax._src.ranking import (
     f1_at_k,
     gini,
@@ -63,6 +63,7 @@ __all__ = [
     "pvalues_from_counts",
     "recall_at_k",
     "reciprocal_rank",
+    "resolve_randomizer",
     "relevance_from_labels",
     "relevant_in_top_k",
     "shuffle_features",
