@@ -75,10 +75,11 @@ def auc_f1(pvalues: jax.Array, correct: jax.Array, *,
   p = validation.as_float_array(pvalues, "pvalues", ndim=1)
   ok = validation.as_bool_array(correct, "correct", ndim=1)
   validation.check_same_shape(p, ok, "pvalues", "correct")
-  validation.check_pvalues(p)
   mask = jnp.ones(p.shape, bool) if where is None else validation.as_bool_array(
       where, "where", ndim=1)
   validation.check_same_shape(p, mask, "pvalues", "where")
+  # masked queries are left out entirely, placeholder p-values included
+  validation.check_pvalues(p if where is None else jnp.where(mask, p, 1.0))
   return _auc_f1(p, ok, mask)
 
 
@@ -125,10 +126,10 @@ def candidate_auc_f1(pvalues: jax.Array, relevance: jax.Array, *,
   p = validation.as_float_array(pvalues, "pvalues", ndim=2)
   rel = validation.as_bool_array(relevance, "relevance", ndim=2)
   validation.check_same_shape(p, rel, "pvalues", "relevance")
-  validation.check_pvalues(p)
   mask = jnp.ones(p.shape, bool) if where is None else validation.as_bool_array(
       where, "where", ndim=2)
   validation.check_same_shape(p, mask, "pvalues", "where")
+  validation.check_pvalues(p if where is None else jnp.where(mask, p, 1.0))
   validation.check_every_query_has_relevant(rel & mask, "relevance (after `where`)")
   return _candidate_auc_f1(p, rel, mask)
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from twinbench_jax._src import validation
 
@@ -23,7 +26,8 @@ def own_scores(scores: jax.Array, relevance: jax.Array) -> jax.Array:
   s = validation.as_float_array(scores, "scores", ndim=2)
   rel = validation.as_bool_array(relevance, "relevance", ndim=2)
   validation.check_same_shape(s, rel, "scores", "relevance")
-  return jnp.sum(s * _relevance_weights(rel, s.dtype), axis=1)
+  # `where` first: a NaN/inf score at a non-relevant candidate must not leak in (NaN * 0 = NaN).
+  return jnp.sum(jnp.where(rel, s, 0.0) * _relevance_weights(rel, s.dtype), axis=1)
 
 
 def cross_own_scores(scores: jax.Array, relevance: jax.Array) -> jax.Array:
@@ -36,14 +40,22 @@ def cross_own_scores(scores: jax.Array, relevance: jax.Array) -> jax.Array:
   s = validation.as_float_array(scores, "scores", ndim=2)
   rel = validation.as_bool_array(relevance, "relevance", ndim=2)
   validation.check_same_shape(s, rel, "scores", "relevance")
-  return _cross(s, rel)
+  return _cross(s, rel, single=single_relevant(rel))
 
 
-@jax.jit
-def _cross(s, rel):
+def single_relevant(rel: jax.Array):
+  """True/False when a concrete `rel` has exactly one relevant candidate per row; None if traced."""
+  if not validation.is_concrete(rel):
+    return None
+  return bool(np.all(np.asarray(rel).sum(axis=1) == 1))
+
+
+@functools.partial(jax.jit, static_argnames=("single",))
+def _cross(s, rel, single=None):
+  gather = lambda: s[:, jnp.argmax(rel, axis=1)]
+  average = lambda: jnp.matmul(s, _relevance_weights(rel, s.dtype).T,
+                               precision=jax.lax.Precision.HIGHEST)
   # One relevant candidate per query (pseudobulk) is a gather, not a (Q, C, Q) matmul.
-  return jax.lax.cond(
-      jnp.all(jnp.sum(rel, axis=1) == 1),
-      lambda: s[:, jnp.argmax(rel, axis=1)],
-      lambda: jnp.matmul(s, _relevance_weights(rel, s.dtype).T,
-                         precision=jax.lax.Precision.HIGHEST))
+  if single is None:
+    return jax.lax.cond(jnp.all(jnp.sum(rel, axis=1) == 1), gather, average)
+  return gather() if single else average()

@@ -95,14 +95,15 @@ def evaluate_arrays(
     raise ValueError(f"unknown `ties` {ties!r}; choose one of {ranking.TIES}")
   if k < 1:
     raise ValueError(f"`k` must be >= 1, got {k}")
-  return _evaluate_arrays(x, y, rel, metric=metric, k=k, ties=ties)
+  return _evaluate_arrays(x, y, rel, metric=metric, k=k, ties=ties,
+                          single=own_lib.single_relevant(rel))
 
 
-@functools.partial(jax.jit, static_argnames=("metric", "k", "ties"))
-def _evaluate_arrays(x, y, rel, *, metric, k, ties):
+@functools.partial(jax.jit, static_argnames=("metric", "k", "ties", "single"))
+def _evaluate_arrays(x, y, rel, *, metric, k, ties, single=None):
   s = similarity_lib._similarity(x, y, metric=metric)
   ranks = ranking._truth_ranks(s, rel, ties=ties)
-  cross = own_lib._cross(s, rel)
+  cross = own_lib._cross(s, rel, single=single)
   pvalues = pvalues_lib._label_permutation_pvalues(cross)
   correct = ranks <= k
   curve = auc_lib._auc_f1(pvalues, correct, jnp.ones_like(correct))

@@ -70,11 +70,11 @@ def truth_ranks(scores: jax.Array, relevance: jax.Array, *, ties: str = "average
 def _truth_ranks(s: jax.Array, rel: jax.Array, *, ties: str) -> jax.Array:
   s = validation.nan_to_neg_inf(s)
   best = jnp.max(jnp.where(rel, s, -jnp.inf), axis=1, keepdims=True)
-  other = ~rel
-  greater = jnp.sum(other & (s > best), axis=1)
-  equal = jnp.sum(other & (s == best), axis=1)
-  ranks = 1.0 + greater + _TIE_WEIGHT[ties] * equal
-  return jnp.where(jnp.any(rel, axis=1), ranks.astype(s.dtype), jnp.nan)
+  # One float reduction of per-candidate weights (0, w or 1; exact in float32 up
+  # to 2^24 candidates) runs several times faster on CPU than two boolean counts.
+  weight = jnp.where(s > best, 1.0, jnp.where(s == best, _TIE_WEIGHT[ties], 0.0))
+  ranks = 1.0 + jnp.sum(jnp.where(rel, 0.0, weight).astype(s.dtype), axis=1)
+  return jnp.where(jnp.any(rel, axis=1), ranks, jnp.nan)
 
 
 def _reduce(values: jax.Array, where: Optional[jax.Array], reduce_fn: ReduceFn) -> jax.Array:
@@ -121,10 +121,14 @@ def relevant_in_top_k(scores: jax.Array, relevance: jax.Array, k: int, *,
                       ties: str = "average") -> jax.Array:
   r"""`|top-K ∩ rel_q|` per query, `[Q]` float.
 
-  Each relevant candidate's position among *all* candidates is
-  `1 + #{c' : s > s_c} + w #{c' != c : s = s_c}` (tie weight `w` as in
-  `truth_ranks`); a relevant candidate is in the top K when its position is
-  at most K.
+  Candidates scored strictly higher than a block of `m` tied candidates fill
+  the first `g` places, so the block gets `t = clip(K - g, 0, m)` of the K
+  places. With `r` relevant candidates in the block, it contributes
+  `r t / m` with ``ties="average"`` (the expectation under random
+  tie-breaking), `min(r, t)` with ``"optimistic"`` (relevant ones first) and
+  `max(0, t - (m - r))` with ``"pessimistic"`` (relevant ones last). Without
+  ties this is the number of relevant candidates among the K best, and it
+  never exceeds `min(K, R_q)`.
   """
   s, rel = _check_scores_relevance(scores, relevance)
   _check_ties(ties)
@@ -134,18 +138,33 @@ def relevant_in_top_k(scores: jax.Array, relevance: jax.Array, k: int, *,
 @functools.partial(jax.jit, static_argnames=("ties",))
 def _relevant_in_top_k(s, rel, k, *, ties):
   s = validation.nan_to_neg_inf(s)
-  sorted_s = jnp.sort(s, axis=1)
+  dtype = s.dtype
+  order = jnp.argsort(s, axis=1)
+  sorted_s = jnp.take_along_axis(s, order, axis=1)
+  sorted_rel = jnp.take_along_axis(rel, order, axis=1).astype(dtype)
+  # cum_rel[i] = relevant candidates among the i lowest scores
+  cum_rel = jnp.concatenate([jnp.zeros((s.shape[0], 1), dtype),
+                             jnp.cumsum(sorted_rel, axis=1)], axis=1)
   c = s.shape[1]
 
-  def positions(row_sorted, row):
+  def block_share(row_sorted, row, cum):
+    # per candidate: its tie block's contribution divided by the block's relevant count
     left = jnp.searchsorted(row_sorted, row, side="left")
     right = jnp.searchsorted(row_sorted, row, side="right")
-    greater = c - right
-    equal_others = right - left - 1
-    return 1.0 + greater + _TIE_WEIGHT[ties] * equal_others
+    greater = (c - right).astype(dtype)
+    m = (right - left).astype(dtype)
+    r = cum[right] - cum[left]
+    t = jnp.clip(k - greater, 0.0, m)
+    if ties == "average":
+      total = r * t / m
+    elif ties == "optimistic":
+      total = jnp.minimum(r, t)
+    else:
+      total = jnp.maximum(0.0, t - (m - r))
+    return total / jnp.maximum(r, 1.0)
 
-  pos = jax.vmap(positions)(sorted_s, s)
-  return jnp.sum(rel & (pos <= k), axis=1).astype(s.dtype)
+  share = jax.vmap(block_share)(sorted_s, s, cum_rel)
+  return jnp.sum(jnp.where(rel, share, 0.0), axis=1)
 
 
 def recall_at_k(scores: jax.Array, relevance: jax.Array, k: int, *, ties: str = "average",

@@ -1,0 +1,149 @@
+"""tb.similarity against the loop reference, and its float32 guard (SPEC §1)."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import reference as ref
+import twinbench_jax as tb
+from twinbench_jax._src import similarity as similarity_lib
+
+
+def _data(seed, q=6, c=12, g=7):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(q, g)).astype(np.float32)
+  y = rng.normal(size=(c, g)).astype(np.float32)
+  return x, y
+
+
+def test_public_metric_names_are_the_five_of_the_spec():
+  assert set(tb.METRICS) == {"sqeuclidean", "euclidean", "l1", "cosine", "pearson"}
+
+
+@pytest.mark.parametrize("metric", tb.METRICS)
+def test_every_metric_matches_loop_reference(metric):
+  # C = 12 > the 8 candidates refined exactly, so both code paths of sqeuclidean are used.
+  x, y = _data(0)
+  got = np.asarray(tb.similarity(x, y, metric=metric))
+  assert got.shape == (6, 12)
+  np.testing.assert_allclose(got, ref.similarity(x, y, metric), rtol=2e-5, atol=2e-5)
+
+
+def test_default_metric_is_negative_squared_euclidean():
+  x, y = _data(1)
+  np.testing.assert_array_equal(np.asarray(tb.similarity(x, y)),
+                                np.asarray(tb.similarity(x, y, metric="sqeuclidean")))
+
+
+def test_l1_in_several_query_blocks_matches_reference(monkeypatch):
+  q, c, g = 11, 5, 3  # shapes used by no other test, so the jit cache cannot hide the patch
+  monkeypatch.setattr(similarity_lib, "_L1_BLOCK_ELEMENTS", 3 * c * g)
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(q, g)).astype(np.float32)
+  y = rng.normal(size=(c, g)).astype(np.float32)
+  # 3 queries per block -> 4 blocks, the last one padded
+  jaxpr = str(jax.make_jaxpr(similarity_lib.l1_distances)(x, y))
+  assert re.findall(r"length=(\d+)", jaxpr) == ["4"]
+  got = np.asarray(tb.similarity(x, y, metric="l1"))
+  np.testing.assert_allclose(got, ref.similarity(x, y, "l1"), rtol=1e-5, atol=1e-5)
+
+
+def _offset_data():
+  """Profiles ~1e3 apart from the origin that differ only by ~1e-3 (float32 ulp ~6e-5)."""
+  rng = np.random.default_rng(3)
+  g, c = 64, 40
+  base = 1000.0 + rng.normal(size=(1, g))
+  refs = (base + 1e-3 * rng.normal(size=(c, g))).astype(np.float32)
+  # a near-duplicate of reference 0 that differs by a few ulps in one gene
+  refs[1] = refs[0]
+  refs[1, 5] = np.nextafter(np.nextafter(refs[0, 5], np.inf), np.inf)
+  preds = refs[[0, 2, 3, 4, 5, 6, 7, 8]].copy()
+  truth = [0, 2, 3, 4, 5, 6, 7, 8]
+  rel = np.zeros((len(truth), c), bool)
+  rel[np.arange(len(truth)), truth] = True
+  return preds, refs, rel, truth
+
+
+def test_naive_matmul_identity_fails_on_the_offset_data():
+  # Guards the next test: on this data the unguarded identity really breaks.
+  preds, refs, _, truth = _offset_data()
+  naive = ((preds * preds).sum(1)[:, None] + (refs * refs).sum(1)[None, :]
+           - 2.0 * preds @ refs.T)
+  assert np.any(naive[np.arange(len(truth)), truth] != 0.0)
+
+
+@pytest.mark.parametrize("metric", ["sqeuclidean", "euclidean"])
+def test_identical_prediction_gets_exactly_the_best_score_despite_large_offset(metric):
+  preds, refs, rel, truth = _offset_data()
+  s = np.asarray(tb.similarity(preds, refs, metric=metric))
+  own = s[np.arange(len(truth)), truth]
+  np.testing.assert_array_equal(own, 0.0)
+  others = np.where(rel, -np.inf, s)
+  assert np.all(others < 0.0)  # even the near-duplicate a few ulps away
+  np.testing.assert_array_equal(np.asarray(tb.truth_ranks(s, rel)), 1.0)
+
+
+def test_identical_vectors_give_best_score_when_every_reference_is_a_prediction():
+  # Many more candidates than are refined exactly, all sharing a large offset.
+  rng = np.random.default_rng(4)
+  y = (500.0 + 0.01 * rng.normal(size=(30, 16))).astype(np.float32)
+  s = np.asarray(tb.similarity(y, y))
+  np.testing.assert_array_equal(np.diagonal(s), 0.0)
+  np.testing.assert_array_equal(np.asarray(tb.truth_ranks(s, np.eye(30, dtype=bool))), 1.0)
+
+
+def test_zero_vector_has_cosine_zero_and_constant_vector_has_pearson_zero():
+  x = np.array([[0.0, 0.0, 0.0], [2.0, 2.0, 2.0]], np.float32)
+  y = np.array([[1.0, 2.0, 3.0], [-1.0, 0.5, 4.0]], np.float32)
+  np.testing.assert_array_equal(np.asarray(tb.similarity(x, y, metric="cosine"))[0], 0.0)
+  np.testing.assert_array_equal(np.asarray(tb.similarity(x, y, metric="pearson"))[1], 0.0)
+
+
+def test_cosine_and_pearson_of_a_vector_with_itself_is_one():
+  x, _ = _data(5)
+  for metric in ("cosine", "pearson"):
+    np.testing.assert_allclose(np.diagonal(np.asarray(tb.similarity(x, x, metric=metric))),
+                               1.0, atol=1e-6)
+
+
+def test_integer_inputs_are_promoted_to_float():
+  x = np.array([[0, 1], [2, 2]])
+  s = tb.similarity(x, x)
+  assert np.issubdtype(s.dtype, np.floating)
+  np.testing.assert_array_equal(np.asarray(s), [[0.0, -5.0], [-5.0, 0.0]])
+
+
+@pytest.mark.parametrize("metric", tb.METRICS)
+def test_similarity_jit_equals_eager(metric):
+  x, y = _data(6)
+  eager = tb.similarity(x, y, metric=metric)
+  jitted = jax.jit(lambda a, b: tb.similarity(a, b, metric=metric))(x, y)
+  np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("metric", tb.METRICS)
+def test_similarity_vmap_over_prediction_sets_equals_loop(metric):
+  rng = np.random.default_rng(7)
+  xs = rng.normal(size=(3, 6, 7)).astype(np.float32)
+  _, y = _data(7)
+  batched = np.asarray(jax.vmap(lambda a: tb.similarity(a, y, metric=metric))(xs))
+  looped = np.stack([np.asarray(tb.similarity(a, y, metric=metric)) for a in xs])
+  np.testing.assert_allclose(batched, looped, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), metric=st.sampled_from(tb.METRICS))
+def test_reordering_queries_and_candidates_permutes_the_matrix(seed, metric):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(5, 4)).astype(np.float32)
+  y = rng.normal(size=(9, 4)).astype(np.float32)
+  pq, pc = rng.permutation(5), rng.permutation(9)
+  s = np.asarray(tb.similarity(x, y, metric=metric))
+  s_perm = np.asarray(tb.similarity(x[pq], y[pc], metric=metric))
+  np.testing.assert_allclose(s_perm, s[np.ix_(pq, pc)], rtol=1e-5, atol=1e-5)

@@ -1,0 +1,476 @@
+"""Pseudobulk profiles from AnnData: reading, normalising, aligning (SPEC §7).
+
+The AnnData layer between `.h5ad` files and the array core. A profile is the
+mean expression of the cells of one perturbation. The matrix is read in row
+blocks of `chunk_size` cells, so the whole matrix is never densified and a
+backed AnnData (or a path, opened read-only with h5py) streams from disk.
+Sums are accumulated in float64 through one sparse code path, so a dense and
+a sparse copy of the same data give bit-identical profiles.
+
+Nothing here imports JAX: the profiles are numpy arrays handed to the core.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+# Entries (cells x genes) of one row block when `chunk_size=None`: 32 MB of float64 if dense.
+_BLOCK_ELEMENTS = 1 << 22
+
+# normalize= name -> target sum per cell (None: log1p only, no library-size scaling).
+NORMALIZATIONS = {"log1p": None, "log1p_cp10k": 1e4, "log1p_cpm": 1e6}
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _anndata_io():
+  """`(read_elem, sparse_dataset)`, imported lazily: `import twinbench_jax` stays light."""
+  try:  # anndata >= 0.11
+    from anndata.io import read_elem, sparse_dataset
+  except ImportError:  # pragma: no cover - anndata 0.10
+    from anndata.experimental import read_elem, sparse_dataset
+  return read_elem, sparse_dataset
+
+
+class Source:
+  """Read-only view of an AnnData or an `.h5ad` file: labels, genes, `uns`, row blocks.
+
+  Built by `open_source`. `name` is how error messages refer to the data
+  (``"adata_real"`` or the file path).
+  """
+
+  def __init__(self, name: str, *, n_obs: int, var_names: pd.Index, obs_keys: Sequence[str],
+               read_obs, uns: dict, matrices: dict, layer_names: Sequence[str], closer=None):
+    self.name = name
+    self.n_obs = int(n_obs)
+    self.var_names = var_names
+    self.obs_keys = list(obs_keys)
+    self._read_obs = read_obs
+    self.uns = uns
+    self._matrices = matrices
+    self.layer_names = list(layer_names)
+    self._closer = closer
+
+  def obs_labels(self, key: str) -> np.ndarray:
+    """`[n_obs]` string labels of `obs[key]`; an error names the available columns."""
+    if key not in self.obs_keys:
+      raise ValueError(
+          f"Could not find key {key!r} in `{self.name}.obs`; available: {self.obs_keys}. "
+          "Pass the column that holds the perturbation label as `perturbation_key` "
+          "(CLI: --perturbation-key).")
+    raw = self._read_obs(key)
+    col = pd.Series(raw if isinstance(raw, pd.Categorical) else np.asarray(raw))
+    missing = col.isna().to_numpy()
+    if missing.any():
+      first = np.flatnonzero(missing)[:5].tolist()
+      raise ValueError(
+          f"`{self.name}.obs[{key!r}]` has no label for {int(missing.sum())} cell(s) (rows "
+          f"{first}{' ...' if missing.sum() > 5 else ''}); label or remove them first.")
+    return col.astype(str).to_numpy()
+
+  def matrix(self, layer: Optional[str]):
+    """The expression matrix (`X`, or `layers[layer]`), sliceable by row blocks."""
+    where = "X" if layer is None else f"layers[{layer!r}]"
+    if layer is None:
+      mat = self._matrices.get("X")
+      if mat is None:
+        raise ValueError(f"`{self.name}` has no `X`; pass `layer=` (available layers: "
+                         f"{self.layer_names})")
+    else:
+      if layer not in self.layer_names:
+        raise ValueError(f"Could not find layer {layer!r} in `{self.name}.layers`; available: "
+                         f"{self.layer_names}. Use layer=None (CLI: omit --layer) for `X`.")
+      mat = self._matrices[layer]()
+    if len(mat.shape) != 2 or mat.shape[0] != self.n_obs or mat.shape[1] != len(self.var_names):
+      raise ValueError(f"`{self.name}.{where}` has shape {tuple(mat.shape)}, expected "
+                       f"{(self.n_obs, len(self.var_names))}")
+    return mat
+
+  def close(self) -> None:
+    if self._closer is not None:
+      self._closer()
+      self._closer = None
+
+
+def _from_anndata(adata, name: str) -> Source:
+  obs = adata.obs
+  layers = {k: (lambda k=k: adata.layers[k]) for k in adata.layers.keys()}
+  return Source(
+      name, n_obs=adata.n_obs, var_names=pd.Index(adata.var_names), obs_keys=list(obs.columns),
+      read_obs=lambda key: obs[key].array if isinstance(obs[key].dtype, pd.CategoricalDtype)
+      else obs[key].to_numpy(),
+      uns=dict(adata.uns) if adata.uns is not None else {},
+      matrices={"X": adata.X, **layers}, layer_names=list(adata.layers.keys()))
+
+
+def _h5_matrix(node):
+  import h5py  # a dependency of anndata
+
+  if isinstance(node, h5py.Dataset):
+    return node
+  return _anndata_io()[1](node)
+
+
+def _from_h5ad(path: str) -> Source:
+  import h5py
+
+  _read_elem = _anndata_io()[0]
+  if os.path.isdir(path):
+    raise ValueError(f"{path!r} is a folder; only `.h5ad` files are read (zarr is not supported)")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"file not found: {path!r}")
+  try:
+    f = h5py.File(path, "r")
+  except OSError as e:
+    raise ValueError(f"could not open {path!r} as an .h5ad (HDF5) file, is it empty or "
+                     f"truncated? ({e})") from None
+  try:
+    for part in ("obs", "var"):
+      if part not in f:
+        raise ValueError(f"{path!r} is not a complete .h5ad file: it has no `{part}`")
+    obs_g, var_g = f["obs"], f["var"]
+    var_names = pd.Index(np.asarray(_read_elem(var_g[var_g.attrs["_index"]])).astype(str))
+    obs_index = obs_g[obs_g.attrs["_index"]]
+    obs_keys = [str(c) for c in np.atleast_1d(obs_g.attrs.get("column-order", []))]
+    uns = {}
+    if "uns" in f:
+      for k in ("perturbation_key", "control_label"):
+        if k in f["uns"]:
+          uns[k] = _read_elem(f["uns"][k])
+    layer_names = list(f["layers"].keys()) if "layers" in f else []
+    matrices = {"X": _h5_matrix(f["X"]) if "X" in f else None}
+    matrices.update({k: (lambda k=k: _h5_matrix(f["layers"][k])) for k in layer_names})
+    return Source(path, n_obs=obs_index.shape[0], var_names=var_names, obs_keys=obs_keys,
+                  read_obs=lambda key: _read_elem(obs_g[key]), uns=uns, matrices=matrices,
+                  layer_names=layer_names, closer=f.close)
+  except ValueError:
+    f.close()
+    raise
+  except (OSError, KeyError, RuntimeError, TypeError) as e:
+    f.close()
+    raise ValueError(f"could not read {path!r} as .h5ad, is it truncated or not written by "
+                     f"anndata? ({type(e).__name__}: {e})") from None
+
+
+def open_source(data: Any, name: str) -> Source:
+  """An AnnData (in memory or backed) or a path to an `.h5ad` file, as a `Source`.
+
+  A path is opened read-only with h5py: only the label column, the gene names
+  and the matrix blocks are read, never the whole file.
+  """
+  if isinstance(data, Source):
+    return data
+  if isinstance(data, (str, os.PathLike)):
+    return _from_h5ad(os.fspath(data))
+  if hasattr(data, "obs") and hasattr(data, "var_names") and hasattr(data, "X"):
+    return _from_anndata(data, name)
+  raise TypeError(f"`{name}` must be an AnnData or a path to an .h5ad file, got "
+                  f"{type(data).__name__}")
+
+
+def check_unique_genes(source: Source) -> None:
+  """Raises when gene names repeat: a profile needs one column per gene."""
+  names = source.var_names
+  if not names.is_unique:
+    dup = names[names.duplicated()].unique().tolist()
+    raise ValueError(
+        f"`{source.name}.var_names` has {len(dup)} duplicated gene name(s): "
+        f"{dup[:10]}{' ...' if len(dup) > 10 else ''}; make them unique first "
+        "(`adata.var_names_make_unique()`).")
+
+
+# ----------------------------------------------------------------------------- streaming sums
+
+
+def check_normalize(normalize: Optional[str], name: str = "normalize") -> Optional[str]:
+  """Validates a `normalize=` value; ``None``/``"none"`` mean no normalisation."""
+  if normalize is None or normalize == "none":
+    return None
+  if normalize not in NORMALIZATIONS:
+    raise ValueError(f"unknown `{name}` {normalize!r}; choose one of "
+                     f"{['none', *NORMALIZATIONS]}")
+  return normalize
+
+
+def _block_as_csr(block, source: Source, where: str, start: int) -> sp.csr_matrix:
+  """One row block as float64 CSR, checked for NaN/inf."""
+  if sp.issparse(block):
+    blk = sp.csr_matrix(block, dtype=np.float64)
+    values = blk.data
+  else:
+    dense = np.asarray(block)
+    values = dense
+    blk = None
+  bad = ~np.isfinite(values)
+  if bad.any():
+    if blk is None:
+      row = int(np.argwhere(bad)[0][0])
+    else:
+      row = int(np.searchsorted(blk.indptr, np.flatnonzero(bad)[0], side="right") - 1)
+    raise ValueError(
+        f"`{source.name}.{where}` holds {int(bad.sum())} non-finite value(s) (NaN or inf) in "
+        f"cells {start}..{start + values.shape[0] - 1 if blk is None else start + blk.shape[0] - 1}"
+        f", first in cell (row) {start + row}; clean or impute them before scoring.")
+  if blk is None:
+    blk = sp.csr_matrix(dense.astype(np.float64, copy=False))
+  return blk
+
+
+def _normalize_block(blk: sp.csr_matrix, normalize: str, source: Source, where: str
+                     ) -> sp.csr_matrix:
+  if blk.data.size and blk.data.min() < 0:
+    raise ValueError(
+        f"normalize={normalize!r} expects non-negative counts, but `{source.name}.{where}` has "
+        "negative values (already log-normalised or scaled?); use normalize=None "
+        "(CLI: --normalize none) for data that is already normalised.")
+  target = NORMALIZATIONS[normalize]
+  if target is not None:
+    totals = np.asarray(blk.sum(axis=1)).ravel()
+    scale = np.divide(target, totals, out=np.zeros_like(totals), where=totals > 0)
+    blk.data *= np.repeat(scale, np.diff(blk.indptr))
+  np.log1p(blk.data, out=blk.data)
+  return blk
+
+
+def group_sums(
+    source: Source,
+    codes: np.ndarray,
+    n_groups: int,
+    *,
+    layer: Optional[str] = None,
+    normalize: Optional[str] = None,
+    chunk_size: Optional[int] = None,
+    progress: bool = False,
+    desc: str = "",
+) -> tuple[np.ndarray, np.ndarray]:
+  """Per-group sums of (normalised) expression, streamed over row blocks.
+
+  Args:
+    source: from `open_source`.
+    codes: `[n_obs]` int group of each cell in `[0, n_groups)`; `-1` skips a cell.
+    n_groups: number of groups.
+    layer: `None` for `X`, else a layer name.
+    normalize: `None` or a key of `NORMALIZATIONS` (per cell, before summing).
+    chunk_size: cells read at a time; `None` picks about 4 million entries
+      (cells x genes) per block.
+    progress: show a tqdm bar.
+
+  Returns:
+    `([n_groups, G] float64 sums, [n_groups] int cell counts)`.
+  """
+  mat = source.matrix(layer)
+  where = "X" if layer is None else f"layers[{layer!r}]"
+  n, g = mat.shape
+  if chunk_size is None:
+    chunk_size = int(np.clip(_BLOCK_ELEMENTS // max(g, 1), 1_000, 200_000))
+  if chunk_size < 1:
+    raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}")
+  codes = np.asarray(codes)
+  sums = np.zeros((n_groups, g), np.float64)
+  counts = np.bincount(codes[codes >= 0], minlength=n_groups)[:n_groups]
+  starts = range(0, n, chunk_size)
+  if progress and n > chunk_size:
+    from tqdm.auto import tqdm
+
+    starts = tqdm(starts, desc=desc or f"reading {source.name}", unit="block", leave=False)
+  for start in starts:
+    stop = min(start + chunk_size, n)
+    c = codes[start:stop]
+    keep = np.flatnonzero(c >= 0)
+    if keep.size == 0:
+      continue
+    blk = _block_as_csr(mat[start:stop], source, where, start)
+    if normalize is not None:
+      blk = _normalize_block(blk, normalize, source, where)
+    indicator = sp.csr_matrix((np.ones(keep.size), (c[keep], keep)), shape=(n_groups, stop - start))
+    sums += (indicator @ blk).toarray()
+  return sums, counts
+
+
+# ----------------------------------------------------------------------------- pseudobulk
+
+
+@dataclasses.dataclass(frozen=True)
+class Pseudobulk:
+  """Mean expression per perturbation.
+
+  Attributes:
+    labels: `[P]` perturbation labels (sorted).
+    means: `[P, G]` float64 mean (normalised) expression of each perturbation's cells.
+    n_cells: `[P]` number of cells behind each profile.
+    genes: `[G]` gene names (the columns of `means`).
+  """
+
+  labels: np.ndarray
+  means: np.ndarray
+  n_cells: np.ndarray
+  genes: np.ndarray
+
+  def to_frame(self) -> pd.DataFrame:
+    """Perturbations x genes `DataFrame` of the means."""
+    return pd.DataFrame(self.means, index=pd.Index(self.labels, name="perturbation"),
+                        columns=pd.Index(self.genes, name="gene"))
+
+
+def resolve_keys(source: Source, perturbation_key: Optional[str], control: Any
+                 ) -> tuple[str, Optional[str]]:
+  """Defaults from `uns['perturbation_key']` / `uns['control_label']`, else the SPEC §7 names.
+
+  ``control=False`` means the data has no control.
+  """
+  if perturbation_key is None:
+    perturbation_key = str(source.uns.get("perturbation_key", "perturbation"))
+  if control is None:
+    control = str(source.uns.get("control_label", "control"))
+  elif control is False:
+    control = None
+  return perturbation_key, control
+
+
+def pseudobulk(
+    adata: Any,
+    *,
+    perturbation_key: Optional[str] = None,
+    layer: Optional[str] = None,
+    normalize: Optional[str] = None,
+    chunk_size: Optional[int] = None,
+    progress: bool = False,
+) -> Pseudobulk:
+  """Pseudobulk profile (mean expression) of every perturbation (SPEC §7).
+
+  Streams `X` (or `layer`) in blocks of `chunk_size` cells: dense or sparse,
+  in memory or backed, never densifying the whole matrix.
+
+  Args:
+    adata: an AnnData (in memory or backed) or a path to an `.h5ad` file.
+    perturbation_key: `obs` column with the perturbation label; default
+      `adata.uns['perturbation_key']`, else ``"perturbation"``.
+    layer: a layer name; `None` reads `X`.
+    normalize: `None` (the values as stored), ``"log1p"``, ``"log1p_cp10k"``
+      (log1p of counts per 10,000 per cell) or ``"log1p_cpm"`` (per million).
+      Normalisation is per cell, before averaging.
+    chunk_size: cells read at a time (`None`: about 4 million entries per block).
+    progress: show a progress bar.
+
+  Returns:
+    A `Pseudobulk`, perturbations sorted by label.
+
+  Example:
+    >>> pb = tb.pseudobulk("papalexi2021_lowmoi.h5ad", normalize="log1p_cp10k")
+    >>> pb.to_frame().loc["STAT1", "STAT1"]
+  """
+  owned = isinstance(adata, (str, os.PathLike))
+  src = open_source(adata, "adata")
+  try:
+    key, _ = resolve_keys(src, perturbation_key, False)
+    norm = check_normalize(normalize)
+    labels = src.obs_labels(key)
+    uniq, codes = np.unique(labels, return_inverse=True)
+    sums, counts = group_sums(src, codes, len(uniq), layer=layer, normalize=norm,
+                              chunk_size=chunk_size, progress=progress)
+    return Pseudobulk(uniq, sums / counts[:, None], counts, np.asarray(src.var_names))
+  finally:
+    if owned:
+      src.close()
+
+
+# ----------------------------------------------------------------------------- alignment
+
+
+def _show(items: Iterable, n: int = 10) -> str:
+  items = list(items)
+  return f"{items[:n]}{f' ... ({len(items)} in all)' if len(items) > n else ''}"
+
+
+def align_genes(pred_genes: pd.Index, real_genes: pd.Index, *, strict: bool = False,
+                pred_name: str = "adata_pred", real_name: str = "adata_real"
+                ) -> tuple[np.ndarray, list[str]]:
+  """The genes shared by both files, in the real file's order.
+
+  Args:
+    strict: raise when either file has genes the other lacks.
+
+  Returns:
+    `(shared gene names, notes)`.
+  """
+  in_pred = real_genes.isin(pred_genes)
+  shared = np.asarray(real_genes[in_pred])
+  only_real = real_genes[~in_pred].tolist()
+  only_pred = pred_genes[~pred_genes.isin(real_genes)].tolist()
+  if shared.size == 0:
+    raise ValueError(
+        f"no shared genes between `{pred_name}` ({len(pred_genes)} genes, e.g. "
+        f"{pred_genes[:5].tolist()}) and `{real_name}` ({len(real_genes)} genes, e.g. "
+        f"{real_genes[:5].tolist()}); both must name genes the same way in `var_names`.")
+  notes = []
+  if only_real or only_pred:
+    if strict:
+      raise ValueError(
+          f"gene sets differ (strict genes): {len(only_pred)} gene(s) only in `{pred_name}`: "
+          f"{_show(only_pred)}; {len(only_real)} gene(s) only in `{real_name}`: "
+          f"{_show(only_real)}. Drop strict mode to use the {shared.size} shared genes.")
+    notes.append(f"using the {shared.size} shared genes; {len(only_pred)} only in predictions, "
+                 f"{len(only_real)} only in real data")
+  return shared, notes
+
+
+UNMATCHED = ("error", "intersect", "keep_real")
+
+
+def align_perturbations(pred_labels: Sequence[str], real_labels: Sequence[str], *,
+                        unmatched: str = "error", pred_name: str = "adata_pred",
+                        real_name: str = "adata_real") -> tuple[list[str], list[str], list[str]]:
+  """Queries and candidates from the predicted and real perturbation labels.
+
+  Args:
+    pred_labels: labels with predictions (control already removed).
+    real_labels: labels with real cells (control already removed).
+    unmatched: ``"error"`` (any label on one side only is an error),
+      ``"intersect"`` (queries = candidates = labels on both sides), or
+      ``"keep_real"`` (queries = labels on both sides, candidates = every
+      real label: real perturbations without a prediction stay as decoys).
+
+  Returns:
+    `(queries, candidates, notes)`, each list sorted.
+  """
+  if unmatched not in UNMATCHED:
+    raise ValueError(f"unknown `unmatched` {unmatched!r}; choose one of {UNMATCHED}")
+  p, r = set(pred_labels), set(real_labels)
+  only_pred, only_real = sorted(p - r), sorted(r - p)
+  both = sorted(p & r)
+  if not both:
+    raise ValueError(
+        f"no perturbation label is both predicted and real: `{pred_name}` has {_show(sorted(p))}, "
+        f"`{real_name}` has {_show(sorted(r))}; check `perturbation_key` and the label spelling.")
+  if unmatched == "error" and (only_pred or only_real):
+    raise ValueError(
+        f"perturbation labels differ: {len(only_pred)} predicted but absent from `{real_name}`: "
+        f"{_show(only_pred)}; {len(only_real)} real but not predicted: {_show(only_real)}. "
+        "Pass unmatched='intersect' (score the shared ones) or 'keep_real' (also keep the "
+        "unpredicted real ones as candidates); CLI: --unmatched.")
+  notes = []
+  if only_pred:
+    notes.append(f"{len(only_pred)} predicted perturbation(s) without real cells left out: "
+                 f"{_show(only_pred, 5)}")
+  if only_real:
+    notes.append(f"{len(only_real)} real perturbation(s) without a prediction "
+                 f"{'kept as candidates' if unmatched == 'keep_real' else 'left out'}: "
+                 f"{_show(only_real, 5)}")
+  candidates = sorted(r) if unmatched == "keep_real" else both
+  return both, candidates, notes
+
+
+def top_variable_genes(profiles: np.ndarray, genes: np.ndarray, n_top_genes: int) -> np.ndarray:
+  """The `n_top_genes` genes with the largest variance across profiles, in their original order."""
+  if n_top_genes < 1:
+    raise ValueError(f"`n_top_genes` must be >= 1, got {n_top_genes}")
+  var = profiles.var(axis=0)
+  order = np.argsort(-var, kind="stable")[:n_top_genes]
+  return genes[np.sort(order)]

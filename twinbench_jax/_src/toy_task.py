@@ -1,0 +1,141 @@
+r"""A small synthetic training task where mean-squared error drifts toward the mean response.
+
+Each perturbation `p` has an input descriptor `z_p` (what a model sees: e.g.
+an embedding of the perturbed gene) and a response profile
+
+.. math:: y_p = \mathrm{popular} + \mathrm{specific}(z_p) + \varepsilon_p
+
+over `G` genes: a large response shared by every perturbation, a smaller
+perturbation-specific part that is a fixed nonlinear function of the input,
+and observation noise. The specific part is learnable from `z`, but most of the
+squared error is explained by the shared part, and hedging toward the mean
+lowers the squared error on unseen perturbations. Shrunk predictions rank the
+same "average-looking" candidates first for every query: the mode collapse
+that TwinBench scores ≈ 0 (SPEC §2, §4).
+
+A tiny pure-JAX MLP (`toy_mlp_init`, `toy_mlp_predict`) comes with it, so the
+tests and `examples/train_auxiliary_loss.py` train the same model.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+
+class ToyTask(NamedTuple):
+  """Train and held-out perturbations of the synthetic task.
+
+  Attributes:
+    train_inputs: `[P_train, D]` input descriptors of the training perturbations.
+    train_profiles: `[P_train, G]` their observed (noisy) response profiles:
+      the regression targets and the candidates of the training loss.
+    test_inputs: `[P_test, D]` input descriptors of held-out perturbations.
+    test_profiles: `[P_test, G]` their observed profiles: the candidates that
+      held-out predictions are ranked against (query `q` ↔ candidate `q`).
+    popular: `[G]` the response shared by every perturbation.
+    train_specific: `[P_train, G]` noise-free specific parts (diagnostics).
+    test_specific: `[P_test, G]` noise-free specific parts (diagnostics).
+  """
+
+  train_inputs: jax.Array
+  train_profiles: jax.Array
+  test_inputs: jax.Array
+  test_profiles: jax.Array
+  popular: jax.Array
+  train_specific: jax.Array
+  test_specific: jax.Array
+
+
+def make_toy_task(
+    key: jax.Array,
+    *,
+    n_train: int = 128,
+    n_test: int = 64,
+    n_features: int = 16,
+    n_genes: int = 64,
+    popular_scale: float = 3.0,
+    specific_scale: float = 1.0,
+    noise: float = 0.5,
+) -> ToyTask:
+  r"""Builds the synthetic task (see the module docstring).
+
+  The specific part is a random two-layer teacher,
+  `specific(z) = specific_scale · tanh(z W_1) W_2` with `W_1` `[D, 2D]` and
+  `W_2` `[2D, G]` scaled so each gene has standard deviation `specific_scale`;
+  the popular part has per-gene standard deviation `popular_scale`; the noise
+  is i.i.d. Gaussian with standard deviation `noise`.
+
+  Args:
+    key: PRNG key; the same key gives the same task.
+    n_train: training perturbations.
+    n_test: held-out perturbations.
+    n_features: input dimension `D`.
+    n_genes: profile dimension `G`.
+    popular_scale: size of the shared response.
+    specific_scale: size of the perturbation-specific response.
+    noise: observation noise of each profile.
+
+  Returns:
+    A `ToyTask`.
+  """
+  for name, value in (("n_train", n_train), ("n_test", n_test), ("n_features", n_features),
+                      ("n_genes", n_genes)):
+    if int(value) != value or value < 1:
+      raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+  for name, value in (("popular_scale", popular_scale), ("specific_scale", specific_scale),
+                      ("noise", noise)):
+    if not value >= 0:
+      raise ValueError(f"`{name}` must be >= 0, got {value!r}")
+  k_pop, k_w1, k_w2, k_z, k_noise = jax.random.split(key, 5)
+  n = n_train + n_test
+  hidden = 2 * n_features
+  popular = popular_scale * jax.random.normal(k_pop, (n_genes,))
+  w1 = jax.random.normal(k_w1, (n_features, hidden)) / jnp.sqrt(n_features)
+  w2 = jax.random.normal(k_w2, (hidden, n_genes))
+  z = jax.random.normal(k_z, (n, n_features))
+  raw = jnp.tanh(z @ w1) @ w2
+  specific = specific_scale * raw / jnp.std(raw, axis=0, keepdims=True)
+  profiles = popular + specific + noise * jax.random.normal(k_noise, (n, n_genes))
+  return ToyTask(
+      train_inputs=z[:n_train], train_profiles=profiles[:n_train],
+      test_inputs=z[n_train:], test_profiles=profiles[n_train:], popular=popular,
+      train_specific=specific[:n_train], test_specific=specific[n_train:])
+
+
+def toy_mlp_init(key: jax.Array, n_in: int, n_hidden: int, n_out: int, *,
+                 output_bias: Optional[jax.Array] = None,
+                 output_scale: float = 1.0) -> Dict[str, jax.Array]:
+  """Parameters of a one-hidden-layer tanh MLP `x -> tanh(x W1 + b1) W2 + b2`.
+
+  Args:
+    key: PRNG key.
+    n_in: input dimension.
+    n_hidden: hidden units.
+    n_out: output dimension (genes).
+    output_bias: `[n_out]` initial `b2` (default zeros); with a small
+      `output_scale` and `output_bias` set to the mean profile, the model starts
+      (near) collapsed: it predicts the mean response whatever the input.
+    output_scale: multiplies the default (LeCun-normal) initialisation of `W2`.
+
+  Returns:
+    A dict of arrays ``{"w1", "b1", "w2", "b2"}``.
+  """
+  k1, k2 = jax.random.split(key)
+  b2 = jnp.zeros((n_out,)) if output_bias is None else jnp.asarray(output_bias, jnp.float32)
+  if b2.shape != (n_out,):
+    raise ValueError(f"`output_bias` must have shape ({n_out},), got {tuple(b2.shape)}")
+  return {
+      "w1": jax.random.normal(k1, (n_in, n_hidden)) / jnp.sqrt(n_in),
+      "b1": jnp.zeros((n_hidden,)),
+      "w2": output_scale * jax.random.normal(k2, (n_hidden, n_out)) / jnp.sqrt(n_hidden),
+      "b2": b2,
+  }
+
+
+def toy_mlp_predict(params: Dict[str, jax.Array], inputs: jax.Array) -> jax.Array:
+  """`[N, n_in] -> [N, n_out]` predictions of the `toy_mlp_init` MLP."""
+  hidden = jnp.tanh(inputs @ params["w1"] + params["b1"])
+  return hidden @ params["w2"] + params["b2"]
