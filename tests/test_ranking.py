@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -116,19 +115,21 @@ def test_recall_precision_f1_at_k_match_reference(ties, k):
 
 
 def test_tie_block_cut_by_the_kth_place_shares_the_remaining_places():
-  # one candidate above, then a block of 4 tied (2 relevant) for the remaining 2 places
-  s = np.array([[5.0, 1.0, 1.0, 1.0, 1.0, 0.0]], np.float32)
-  rel = np.array([[0, 1, 1, 0, 0, 1]], bool)
+  # row 0: one candidate above, then a block of 4 tied (2 relevant) for the remaining 2 of
+  # the top 3; row 1: a block of 3 relevant candidates only, cut at K = 2 or 1
+  s = np.array([[5.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+                [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]], np.float32)
+  rel = np.array([[0, 1, 1, 0, 0, 1],
+                  [1, 1, 1, 0, 0, 0]], bool)
   expected = {"average": 2 * 2 / 4, "optimistic": 2.0, "pessimistic": 0.0}
   for ties, want in expected.items():
-    np.testing.assert_allclose(np.asarray(tb.relevant_in_top_k(s, rel, 3, ties=ties)), [want])
-  # a block of relevant candidates only fills the top K, whatever the tie rule
-  s = np.array([[1.0, 1.0, 1.0, 0.0]], np.float32)
-  rel = np.array([[1, 1, 1, 0]], bool)
-  for ties in TIES:
-    assert float(tb.precision_at_k(s, rel, 2, ties=ties)) == pytest.approx(1.0)
-    assert float(tb.recall_at_k(s, rel, 2, ties=ties)) == pytest.approx(2 / 3)
-    assert float(tb.precision_at_k(s, rel, 1, ties=ties)) == pytest.approx(1.0)
+    assert float(tb.relevant_in_top_k(s, rel, 3, ties=ties)[0]) == pytest.approx(want)
+    # the relevant-only block fills the top K whatever the tie rule: precision stays <= 1
+    for k in (1, 2):
+      hits = float(tb.relevant_in_top_k(s, rel, k, ties=ties)[1])
+      assert hits == pytest.approx(k)
+      assert float(tb.precision_at_k(s, rel, k, ties=ties, reduce_fn=None)[1]) == pytest.approx(1)
+      assert float(tb.recall_at_k(s, rel, k, ties=ties, reduce_fn=None)[1]) == pytest.approx(k / 3)
 
 
 def test_relevant_in_top_k_without_ties_counts_the_k_best_candidates():

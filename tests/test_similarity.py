@@ -89,13 +89,35 @@ def test_identical_prediction_gets_exactly_the_best_score_despite_large_offset(m
   np.testing.assert_array_equal(np.asarray(tb.truth_ranks(s, rel)), 1.0)
 
 
-def test_identical_vectors_give_best_score_when_every_reference_is_a_prediction():
-  # Many more candidates than are refined exactly, all sharing a large offset.
-  rng = np.random.default_rng(4)
-  y = (500.0 + 0.01 * rng.normal(size=(30, 16))).astype(np.float32)
-  s = np.asarray(tb.similarity(y, y))
-  np.testing.assert_array_equal(np.diagonal(s), 0.0)
-  np.testing.assert_array_equal(np.asarray(tb.truth_ranks(s, np.eye(30, dtype=bool))), 1.0)
+def _far_cluster_data(n_far):
+  """`n_far` near-duplicates ~1e3 away from 30 references near the origin.
+
+  The references' mean sits far from the cluster, so centring cannot remove the
+  offset and the matmul identity cannot tell the cluster members apart.
+  """
+  rng = np.random.default_rng(5)
+  g = 64
+  far = 1000.0 + rng.normal(size=(1, g)) + 1e-3 * rng.normal(size=(n_far, g))
+  refs = np.concatenate([far, rng.normal(size=(30, g))]).astype(np.float32)
+  q = n_far + 2  # every cluster member and two references near the origin
+  rel = np.zeros((q, refs.shape[0]), bool)
+  rel[np.arange(q), np.arange(q)] = True
+  return refs[:q].copy(), refs, rel
+
+
+def test_identical_prediction_is_exactly_best_inside_a_cluster_far_from_the_centre():
+  preds, refs, rel = _far_cluster_data(6)  # fewer members than are refined exactly
+  s = np.asarray(tb.similarity(preds, refs))
+  np.testing.assert_array_equal(s[rel], 0.0)
+  assert np.all(np.where(rel, -np.inf, s) < 0.0)
+  np.testing.assert_array_equal(np.asarray(tb.truth_ranks(s, rel)), 1.0)
+
+
+def test_identical_prediction_is_exactly_best_inside_a_large_far_cluster():
+  preds, refs, rel = _far_cluster_data(20)
+  s = np.asarray(tb.similarity(preds, refs))
+  np.testing.assert_array_equal(s[rel], 0.0)
+  np.testing.assert_array_equal(np.asarray(tb.truth_ranks(s, rel)), 1.0)
 
 
 def test_zero_vector_has_cosine_zero_and_constant_vector_has_pearson_zero():
@@ -106,9 +128,10 @@ def test_zero_vector_has_cosine_zero_and_constant_vector_has_pearson_zero():
 
 
 def test_cosine_and_pearson_of_a_vector_with_itself_is_one():
-  x, _ = _data(5)
+  x, y = _data(5)
+  y[:6] = 3.0 * x  # scale does not matter
   for metric in ("cosine", "pearson"):
-    np.testing.assert_allclose(np.diagonal(np.asarray(tb.similarity(x, x, metric=metric))),
+    np.testing.assert_allclose(np.diagonal(np.asarray(tb.similarity(x, y, metric=metric))),
                                1.0, atol=1e-6)
 
 
@@ -127,7 +150,7 @@ def test_similarity_jit_equals_eager(metric):
   np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("metric", tb.METRICS)
+@pytest.mark.parametrize("metric", ["sqeuclidean", "l1", "pearson"])
 def test_similarity_vmap_over_prediction_sets_equals_loop(metric):
   rng = np.random.default_rng(7)
   xs = rng.normal(size=(3, 6, 7)).astype(np.float32)
@@ -140,10 +163,9 @@ def test_similarity_vmap_over_prediction_sets_equals_loop(metric):
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), metric=st.sampled_from(tb.METRICS))
 def test_reordering_queries_and_candidates_permutes_the_matrix(seed, metric):
+  x, y = _data(seed)
   rng = np.random.default_rng(seed)
-  x = rng.normal(size=(5, 4)).astype(np.float32)
-  y = rng.normal(size=(9, 4)).astype(np.float32)
-  pq, pc = rng.permutation(5), rng.permutation(9)
+  pq, pc = rng.permutation(6), rng.permutation(12)
   s = np.asarray(tb.similarity(x, y, metric=metric))
   s_perm = np.asarray(tb.similarity(x[pq], y[pc], metric=metric))
   np.testing.assert_allclose(s_perm, s[np.ix_(pq, pc)], rtol=1e-5, atol=1e-5)

@@ -6,8 +6,19 @@ see `SPEC.md` for the definition of every number. Import as
 """
 
 from twinbench_jax._src.auc import AucF1Result, auc_f1, candidate_auc_f1
+from twinbench_jax._src.baselines import BASELINES, split_half
+from twinbench_jax._src.evaluate import Report, evaluate
+from twinbench_jax._src.losses import QueryBatch, hard_auc_f1_validation, soft_auc_f1_loss
+from twinbench_jax._src.nulls import (
+    OWN_SCORES,
+    NullResult,
+    label_null,
+    model_null,
+    precomputed_null,
+)
 from twinbench_jax._src.own_scores import cross_own_scores, own_scores
 from twinbench_jax._src.pipeline import ArrayEvaluation, evaluate_arrays
+from twinbench_jax._src.profiles import NORMALIZATIONS, Pseudobulk, pseudobulk
 from twinbench_jax._src.pvalues import (
     benjamini_hochberg,
     empirical_pvalues,
@@ -32,6 +43,16 @@ from twinbench_jax._src.ranking import (
 from twinbench_jax._src.relevance import relevance_from_labels
 from twinbench_jax._src.similarity import METRICS, similarity
 from twinbench_jax._src.simulate import SimulatedData, simulate_perturbations
+from twinbench_jax._src.soft import (
+    SoftTemperatures,
+    soft_auc_f1,
+    soft_called,
+    soft_empirical_pvalues,
+    soft_f1_curve,
+    soft_hit_at_k,
+    soft_truth_ranks,
+)
+from twinbench_jax._src.toy_task import ToyTask, make_toy_task, toy_mlp_init, toy_mlp_predict
 
 __version__ = "0.1.0"
 # Bumped whenever the meaning of a reported number changes (SPEC.md), so saved
@@ -39,27 +60,43 @@ __version__ = "0.1.0"
 METRIC_VERSION = "1"
 
 __all__ = [
+    "BASELINES",
     "METRICS",
     "METRIC_VERSION",
+    "NORMALIZATIONS",
+    "OWN_SCORES",
     "ArrayEvaluation",
     "AucF1Result",
+    "NullResult",
+    "Pseudobulk",
+    "QueryBatch",
+    "Report",
     "SimulatedData",
+    "SoftTemperatures",
+    "ToyTask",
     "auc_f1",
     "benjamini_hochberg",
     "candidate_auc_f1",
     "cross_own_scores",
     "empirical_pvalues",
+    "evaluate",
     "evaluate_arrays",
     "exceedance_counts",
     "f1_at_k",
     "fraction_called",
     "gini",
+    "hard_auc_f1_validation",
     "hit_at_k",
+    "label_null",
     "label_permutation_pvalues",
+    "make_toy_task",
+    "model_null",
     "normalized_rank",
     "own_scores",
     "permute_rows",
     "precision_at_k",
+    "precomputed_null",
+    "pseudobulk",
     "pvalues_from_counts",
     "recall_at_k",
     "reciprocal_rank",
@@ -69,6 +106,16 @@ __all__ = [
     "shuffle_features",
     "similarity",
     "simulate_perturbations",
+    "soft_auc_f1",
+    "soft_auc_f1_loss",
+    "soft_called",
+    "soft_empirical_pvalues",
+    "soft_f1_curve",
+    "soft_hit_at_k",
+    "soft_truth_ranks",
+    "split_half",
     "top1_counts",
+    "toy_mlp_init",
+    "toy_mlp_predict",
     "truth_ranks",
 ]

@@ -1,58 +1,359 @@
-"""The `twinbench` command line: a thin layer over the Python API."""
+"""The `twinbench` command line: a thin layer over the Python API.
+
+- `twinbench evaluate --pred P.h5ad --real R.h5ad --out DIR`: `tb.evaluate`,
+  then `DIR/report.json`, `DIR/per_perturbation.csv` and the PNG plots.
+- `twinbench demo`: writes a simulated prediction/real pair as `.h5ad` files
+  and evaluates a good, a collapsed and a noisy model on it;
+  `twinbench demo --real FILE.h5ad` does the same on real data with split-half
+  predictions.
+
+Output folders are written all-or-nothing: everything goes to a temporary
+folder beside `DIR` first and is moved into place only when complete.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shutil
 import sys
+import tempfile
 from typing import Optional, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from twinbench_jax._src import pipeline
-from twinbench_jax._src import simulate
+from twinbench_jax._src import baselines as baselines_lib
+from twinbench_jax._src import profiles as profiles_lib
+from twinbench_jax._src import similarity as similarity_lib
+
+_NORMALIZE_CHOICES = ["none", *profiles_lib.NORMALIZATIONS]
 
 
 class UsageError(Exception):
   """Bad input from the command line: reported in one line, exit code 2."""
 
 
-def _demo_models(data: simulate.SimulatedData, key: jax.Array) -> dict[str, jax.Array]:
+# ----------------------------------------------------------------------------- output folder
+
+
+@contextlib.contextmanager
+def _atomic_dir(out: str):
+  """Yields a temporary folder beside `out`; moves its content into `out` on success.
+
+  Nothing is written to `out` unless the block completes: on any error the
+  temporary folder is removed and `out` is left as it was.
+  """
+  out = os.path.abspath(out)
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise UsageError(f"output path {out!r} exists and is not a folder")
+  parent = os.path.dirname(out)
+  try:
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+  except OSError as e:
+    raise UsageError(f"cannot write to output folder {out!r}: {e.strerror or e}") from None
+  try:
+    yield tmp
+    if not os.path.exists(out):
+      os.replace(tmp, out)
+      return
+    for name in sorted(os.listdir(tmp)):
+      target = os.path.join(out, name)
+      if os.path.isdir(target) and not os.path.islink(target):
+        shutil.rmtree(target)
+      os.replace(os.path.join(tmp, name), target)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _probe_output(out: str) -> None:
+  """Fails early, before any work, when `out` could not be created or written."""
+  out = os.path.abspath(out)
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise UsageError(f"output path {out!r} exists and is not a folder")
+  probe = out
+  while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  if not os.path.isdir(probe):
+    raise UsageError(f"cannot create output folder {out!r}: {probe!r} is not a folder")
+  if not os.access(probe, os.W_OK | os.X_OK):
+    raise UsageError(f"cannot write to output folder {out!r}: {probe!r} is not writable")
+
+
+# ----------------------------------------------------------------------------- printing
+
+
+def _format_table(rows: list[tuple], header: tuple, fmts: tuple) -> str:
+  name_w = max(len(header[0]), *(len(r[0]) for r in rows))
+  widths = [max(len(h), 7) for h in header[1:]]
+  lines = [f"{header[0]:<{name_w}}  " + "  ".join(f"{h:>{w}}" for h, w in zip(header[1:], widths))]
+  for r in rows:
+    cells = [("-" if v is None else format(v, f)) for v, f in zip(r[1:], fmts)]
+    lines.append(f"{r[0]:<{name_w}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, widths)))
+  return "\n".join(lines)
+
+
+_BASELINE_LABELS = {"mean": "mean baseline", "control": "control baseline",
+                    "split_half": "split-half baseline"}
+
+
+def _report_rows(report) -> list[tuple]:
+  """(name, AUC-F1, hit@1, MRR, mean rank, called) for the model and each baseline."""
+  s = report.summary
+  rows = [(s["settings"].get("name", "model"), s["auc_f1"], s["hit_at_1"], s["mrr"], s["mean_rank"],
+           s["fraction_called"])]
+  for name in ("split_half", "mean", "control"):
+    d = s["baseline_details"].get(name)
+    if d is not None:
+      rows.append((_BASELINE_LABELS[name], d["auc_f1"], d["hit_at_1"], d["mrr"], d["mean_rank"],
+                   d["fraction_called"]))
+  return rows
+
+
+def _print_summary(report, out_dir: Optional[str], out=None) -> None:
+  out = sys.stdout if out is None else out
+  s = report.summary
+  null = s["null"] + (f", B = {s['n_null']}" if s["null"] != "label" else "")
+  print(f"{s['n_queries']} perturbations ranked among {s['n_candidates']} real profiles on "
+        f"{s['n_genes']} genes ({s['settings']['metric']}; {null} null; correct = rank <= "
+        f"{s['k']})", file=out)
+  print(_format_table(_report_rows(report),
+                      ("", "AUC-F1", "hit@1", "MRR", "mean rank", "called@0.05"),
+                      (".3f", ".3f", ".3f", ".2f", ".2f")), file=out)
+  for note in s["notes"]:
+    print(f"note: {note}", file=out)
+  if out_dir is not None:
+    print(f"wrote {out_dir}{os.sep}: report.json, per_perturbation.csv, f1_alpha.png, "
+          "rank_histogram.png, pvalue_histogram.png, popularity.png", file=out)
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def _read_gene_file(path: str) -> list[str]:
+  if not os.path.isfile(path):
+    raise UsageError(f"--genes: file not found: {path!r}")
+  with open(path) as f:
+    genes = [line.split("#")[0].strip() for line in f]
+  genes = [g for g in genes if g]
+  if not genes:
+    raise UsageError(f"--genes: {path!r} lists no genes (one gene name per line)")
+  return genes
+
+
+def _null_arg(values: list[str]):
+  if values == ["label"]:
+    return "label"
+  if "model" in values:
+    raise UsageError("--null model needs a Python predict function; use tb.evaluate(..., "
+                     "null='model', predict_fn=..., inputs=...) from Python")
+  if "label" in values:
+    raise UsageError("--null takes either 'label' or one or more .h5ad files, not both")
+  for v in values:
+    if not os.path.isfile(v):
+      raise UsageError(f"--null: file not found: {v!r} (give 'label' or .h5ad files of null "
+                       "predictions)")
+  return list(values)
+
+
+def _baselines_arg(value: str) -> tuple[str, ...]:
+  if value.strip() in ("", "none"):
+    return ()
+  try:
+    return baselines_lib.check_baselines([v.strip() for v in value.split(",") if v.strip()])
+  except ValueError as e:
+    raise UsageError(f"--baselines: {e}") from None
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+  from twinbench_jax._src import evaluate as evaluate_lib
+
+  if args.n_null is not None and args.n_null < 1:
+    raise UsageError(f"--n-null must be >= 1 (number of null replicates), got {args.n_null}")
+  if args.k < 1:
+    raise UsageError(f"--k must be >= 1, got {args.k}")
+  if args.n_top_genes is not None and args.n_top_genes < 1:
+    raise UsageError(f"--n-top-genes must be >= 1, got {args.n_top_genes}")
+  if args.chunk_size is not None and args.chunk_size < 1:
+    raise UsageError(f"--chunk-size must be >= 1, got {args.chunk_size}")
+  for flag, path in (("--pred", args.pred), ("--real", args.real)):
+    if not os.path.isfile(path):
+      raise UsageError(f"{flag}: file not found: {path!r}")
+  genes = _read_gene_file(args.genes) if args.genes else None
+  null = _null_arg(args.null)
+  wanted = _baselines_arg(args.baselines)
+  _probe_output(args.out)
+
+  report = evaluate_lib.evaluate(
+      args.pred, args.real, perturbation_key=args.perturbation_key,
+      pred_perturbation_key=args.pred_perturbation_key,
+      control=False if args.no_control else args.control,
+      include_control=args.include_control, layer=args.layer, pred_layer=args.pred_layer,
+      normalize=args.normalize, pred_normalize=args.pred_normalize, genes=genes,
+      n_top_genes=args.n_top_genes, strict_genes=args.strict_genes, delta=args.delta,
+      unmatched=args.unmatched, metric=args.metric, k=args.k, null=null, n_null=args.n_null,
+      seed=args.seed, baselines=wanted, chunk_size=args.chunk_size, progress=not args.quiet,
+      name=args.name)
+  with _atomic_dir(args.out) as tmp:
+    report.save(tmp)
+  if not args.quiet:
+    _print_summary(report, args.out)
+  return 0
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def _write_h5ad(path: str, x: np.ndarray, labels: Sequence[str], genes: Sequence[str],
+                *, control: str) -> None:
+  import anndata
+  import pandas as pd
+
+  obs = pd.DataFrame({"perturbation": pd.Categorical(list(labels))},
+                     index=[f"obs{i}" for i in range(len(labels))])
+  adata = anndata.AnnData(np.asarray(x, np.float32), obs=obs,
+                          var=pd.DataFrame(index=list(genes)))
+  adata.uns["perturbation_key"] = "perturbation"
+  adata.uns["control_label"] = control
+  adata.write_h5ad(path, compression="gzip")
+
+
+def _demo_models(data, key) -> dict:
   """Three predictors of the simulated pseudobulk profiles."""
+  import jax
+  import jax.numpy as jnp
+
   real = data.pseudobulk()
   k_good, k_noisy = jax.random.split(key)
   spread = float(jnp.std(data.effects[data.effects != 0]))
   return {
       "good": data.true_means + 0.25 * spread * jax.random.normal(k_good, real.shape),
-      "collapsed (mean response)": jnp.broadcast_to(real.mean(axis=0), real.shape),
+      "collapsed": jnp.broadcast_to(real.mean(axis=0), real.shape),
       "noisy": data.true_means + 1.5 * spread * jax.random.normal(k_noisy, real.shape),
   }
 
 
-def _print_table(rows: list[tuple[str, float, float, float]], out) -> None:
-  name_w = max(len("model"), *(len(r[0]) for r in rows))
-  print(f"{'model':<{name_w}}  {'hit@1':>6}  {'mean rank':>9}  {'AUC-F1':>7}", file=out)
-  for name, hit, rank, auc in rows:
-    print(f"{name:<{name_w}}  {hit:>6.3f}  {rank:>9.2f}  {auc:>7.3f}", file=out)
+_DEMO_NAMES = {"good": "good", "collapsed": "collapsed (mean response)", "noisy": "noisy"}
 
 
-def run_demo(args: argparse.Namespace, out=sys.stdout) -> int:
+def _demo_table(rows, out) -> None:
+  print(_format_table(rows, ("model", "hit@1", "mean rank", "AUC-F1"), (".3f", ".2f", ".3f")),
+        file=out)
+
+
+def run_demo(args: argparse.Namespace, out=None) -> int:
+  out = sys.stdout if out is None else out
+  if args.real is not None:
+    return _run_real_demo(args, out)
+  import jax
+
+  from twinbench_jax._src import evaluate as evaluate_lib
+  from twinbench_jax._src import simulate
+
+  if args.n_perturbations < 2:
+    raise UsageError(f"--n-perturbations must be >= 2, got {args.n_perturbations}")
+  _probe_output(args.out)
   key = jax.random.key(args.seed)
   k_data, k_models = jax.random.split(key)
   data = simulate.simulate_perturbations(
       k_data, n_perturbations=args.n_perturbations, n_genes=args.n_genes)
-  real = data.pseudobulk()
-  print(f"Simulated screen: {data.n_perturbations} perturbations x {real.shape[1]} genes "
-        f"(seed {args.seed}); truth = pseudobulk of the simulated cells.", file=out)
-  print("Null: exact label permutation; AUC-F1 of a model that ignores its input is 0, "
-        f"the best possible is {1 - 1 / data.n_perturbations:.3f}.\n", file=out)
-  rows = []
-  for name, pred in _demo_models(data, k_models).items():
-    r = pipeline.evaluate_arrays(pred, real, metric=args.metric)
-    rows.append((name, float(r.hit_at_k), float(r.mean_rank), float(r.auc_f1)))
-  _print_table(rows, out)
+  n_p, n_g = data.n_perturbations, data.true_means.shape[1]
+  labels = [f"P{i:03d}" for i in range(n_p)]
+  genes = [f"gene{j:04d}" for j in range(n_g)]
+  print(f"Simulated screen: {n_p} perturbations x {n_g} genes (seed {args.seed}); real data = "
+        f"{data.cells.shape[0]} perturbed + {data.control_cells.shape[0]} control cells.",
+        file=out)
+  print("Each model's predictions are written to an .h5ad file and scored with `evaluate` "
+        "(exact label-permutation null; a model that ignores its input scores AUC-F1 = 0, the "
+        f"best possible is {1 - 1 / n_p:.3f}).\n", file=out)
+  rows, reports = [], {}
+  with _atomic_dir(args.out) as tmp:
+    cells = np.concatenate([np.asarray(data.control_cells), np.asarray(data.cells)])
+    cell_labels = ["control"] * data.control_cells.shape[0] + [
+        labels[i] for i in np.asarray(data.labels)]
+    real_path = os.path.join(tmp, "real.h5ad")
+    _write_h5ad(real_path, cells, cell_labels, genes, control="control")
+    for name, pred in _demo_models(data, k_models).items():
+      pred_path = os.path.join(tmp, f"pred_{name}.h5ad")
+      _write_h5ad(pred_path, np.asarray(pred), labels, genes, control="control")
+      report = evaluate_lib.evaluate(pred_path, real_path, metric=args.metric, seed=args.seed,
+                                     name=f"{_DEMO_NAMES[name]} model")
+      report.save(os.path.join(tmp, name))
+      reports[name] = report
+      s = report.summary
+      rows.append((_DEMO_NAMES[name], s["hit_at_1"], s["mean_rank"], s["auc_f1"]))
+    for base in ("split_half", "mean", "control"):
+      d = reports["good"].summary["baseline_details"][base]
+      rows.append((_BASELINE_LABELS[base], d["hit_at_1"], d["mean_rank"], d["auc_f1"]))
+  _demo_table(rows, out)
+  print(f"\nwrote {args.out}{os.sep}: real.h5ad, pred_{{good,collapsed,noisy}}.h5ad and a report "
+        "per model in good/, collapsed/, noisy/ (report.json, per_perturbation.csv, "
+        "f1_alpha.png, ...)", file=out)
+  pred_good, real = (os.path.join(args.out, n) for n in ("pred_good.h5ad", "real.h5ad"))
+  print(f"the same from the shell: twinbench evaluate --pred {pred_good} --real {real} --out OUT",
+        file=out)
   return 0
+
+
+def _run_real_demo(args: argparse.Namespace, out) -> int:
+  """Split-half on real data: half the cells of each perturbation predict the other half."""
+  import anndata
+
+  from twinbench_jax._src import evaluate as evaluate_lib
+
+  if not os.path.isfile(args.real):
+    raise UsageError(f"--real: file not found: {args.real!r}")
+  _probe_output(args.out)
+  src = profiles_lib.open_source(args.real, args.real)
+  try:
+    key, control = profiles_lib.resolve_keys(src, args.perturbation_key, args.control)
+    labels = src.obs_labels(key)
+  finally:
+    src.close()
+  uniq, codes = profiles_lib.factorize(labels)
+  half = baselines_lib.split_halves(codes, seed=args.seed)
+  adata = anndata.read_h5ad(args.real)
+  normalize = None if args.normalize == "none" else args.normalize
+  print(f"Real data: {args.real} ({adata.n_obs} cells x {adata.n_vars} genes, "
+        f"{len(uniq) - (control in set(uniq))} perturbations, control "
+        f"{control!r}).", file=out)
+  print(f"Half of the cells of each perturbation (seed {args.seed}) are the 'predictions', the "
+        f"other half the real data; profiles are pseudobulks of {normalize or 'the stored values'}"
+        ", scored with the exact label-permutation null.\n", file=out)
+  with _atomic_dir(args.out) as tmp:
+    for h, name in ((0, "pred.h5ad"), (1, "real.h5ad")):
+      part = adata[half == h]
+      sub = anndata.AnnData(part.X, obs=part.obs.copy(), var=part.var.copy())
+      sub.uns["perturbation_key"] = key
+      if control is not None:
+        sub.uns["control_label"] = control
+      sub.write_h5ad(os.path.join(tmp, name), compression="gzip")
+    report = evaluate_lib.evaluate(
+        os.path.join(tmp, "pred.h5ad"), os.path.join(tmp, "real.h5ad"), perturbation_key=key,
+        control=control if control is not None else False, normalize=normalize,
+        metric=args.metric, seed=args.seed, baselines=("mean", "control"), unmatched="keep_real",
+        name="split-half (half A predicts half B)")
+    report.save(os.path.join(tmp, "report"))
+  s = report.summary
+  rows = [(s["settings"]["name"], s["hit_at_1"], s["mean_rank"], s["auc_f1"])]
+  for base in ("mean", "control"):
+    d = s["baseline_details"].get(base)
+    if d is not None:
+      rows.append((_BASELINE_LABELS[base], d["hit_at_1"], d["mean_rank"], d["auc_f1"]))
+  _demo_table(rows, out)
+  for note in s["notes"]:
+    if not note.startswith("label null"):
+      print(f"note: {note}", file=out)
+  print(f"\nwrote {args.out}{os.sep}: pred.h5ad, real.h5ad (the two halves) and report/ "
+        "(report.json, per_perturbation.csv, f1_alpha.png, ...)", file=out)
+  return 0
+
+
+# ----------------------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,30 +361,137 @@ def build_parser() -> argparse.ArgumentParser:
       prog="twinbench",
       description="TwinBench: rank-based, bias-corrected evaluation of virtual-cell models.")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+  ev = sub.add_parser(
+      "evaluate", help="score predicted against real perturbation profiles (.h5ad files)",
+      description="Score predictions (--pred) against real data (--real). Each predicted "
+      "perturbation's profile (pseudobulk mean of its rows) is ranked against every real "
+      "perturbation profile; a permutation null gives each a p-value; the AUC-F1 counts the "
+      "perturbations ranked first only where the prediction demonstrably uses its input. The "
+      "mean, control and split-half baselines are scored on the same data. Writes "
+      "DIR/report.json, DIR/per_perturbation.csv and PNG plots (F1 versus alpha, rank and "
+      "p-value histograms, popularity). Exit code 0 on success, 2 with a one-line reason on "
+      "bad input.")
+  io = ev.add_argument_group("files")
+  io.add_argument("--pred", required=True, metavar="P.h5ad",
+                  help="predictions: one row per perturbation, or many cells per perturbation "
+                  "(averaged)")
+  io.add_argument("--real", required=True, metavar="R.h5ad", help="the real single-cell data")
+  io.add_argument("--out", required=True, metavar="DIR",
+                  help="output folder (created; written all-or-nothing)")
+  keys = ev.add_argument_group("labels")
+  keys.add_argument("--perturbation-key", metavar="K", default=None,
+                    help="obs column of the perturbation label (default: "
+                    "uns['perturbation_key'] of --real, else 'perturbation')")
+  keys.add_argument("--pred-perturbation-key", metavar="K", default=None,
+                    help="the label column of --pred when it differs")
+  keys.add_argument("--control", metavar="C", default=None,
+                    help="control label (default: uns['control_label'] of --real, else "
+                    "'control'); never ranked unless --include-control")
+  keys.add_argument("--no-control", action="store_true",
+                    help="the data has no control cells (skips the control baseline)")
+  keys.add_argument("--include-control", action="store_true",
+                    help="rank the control like a perturbation")
+  keys.add_argument("--unmatched", choices=profiles_lib.UNMATCHED, default="error",
+                    help="perturbations on one side only: error (default), intersect (score "
+                    "the shared ones), keep_real (also keep unpredicted real ones as "
+                    "candidates)")
+  expr = ev.add_argument_group("expression")
+  expr.add_argument("--layer", metavar="L", default=None,
+                    help="read this layer instead of X (both files)")
+  expr.add_argument("--pred-layer", metavar="L", default=None,
+                    help="layer of --pred when it differs ('X' for X)")
+  expr.add_argument("--normalize", choices=_NORMALIZE_CHOICES, default="none",
+                    help="per-cell normalisation before averaging: none (default: both files "
+                    "are already in the same expression space), log1p, log1p_cp10k (raw counts "
+                    "-> log1p counts per 10k), log1p_cpm (per million)")
+  expr.add_argument("--pred-normalize", choices=_NORMALIZE_CHOICES, default=None,
+                    help="normalisation of --pred when it differs from --normalize")
+  expr.add_argument("--delta", choices=["none", "control", "pred_control", "mean"],
+                    default="none",
+                    help="compare changes: minus the real control (control), the prediction "
+                    "file's own control for predictions (pred_control), or the mean real "
+                    "profile (mean); default none")
+  genes = expr.add_mutually_exclusive_group()
+  genes.add_argument("--genes", metavar="FILE", default=None,
+                     help="evaluate on the genes listed in FILE (one per line)")
+  genes.add_argument("--n-top-genes", metavar="N", type=int, default=None,
+                     help="evaluate on the N genes that vary most across real profiles")
+  expr.add_argument("--strict-genes", action="store_true",
+                    help="error when the files' genes differ (default: use the shared genes)")
+  score = ev.add_argument_group("scoring")
+  score.add_argument("--metric", choices=similarity_lib.METRICS, default="sqeuclidean",
+                     help="similarity between profiles (default sqeuclidean)")
+  score.add_argument("--k", type=int, default=1,
+                     help="a perturbation is correct when its truth ranks within the top K "
+                     "(default 1)")
+  score.add_argument("--null", nargs="+", default=["label"], metavar="label|FILE",
+                     help="'label' (default: exact label permutation, no model needed) or one "
+                     "or more .h5ad files of null predictions made from randomised inputs, "
+                     "shaped like --pred (one replicate per file, or several labelled by "
+                     "obs['null_replicate'])")
+  score.add_argument("--n-null", type=int, default=None, metavar="B",
+                     help="use the first B null replicates of --null FILES (default: all; "
+                     "not used by the label null)")
+  score.add_argument("--baselines", default="mean,control,split_half", metavar="LIST",
+                     help="comma-separated baselines: mean, control, split_half (default all "
+                     "three; 'none' for none)")
+  score.add_argument("--seed", type=int, default=0,
+                     help="seed of the split-half baseline (default 0)")
+  run = ev.add_argument_group("run")
+  run.add_argument("--chunk-size", type=int, default=None, metavar="N",
+                   help="cells read at a time (default: about 4 million values per block)")
+  run.add_argument("--name", default="model",
+                   help="what to call the predictions in the report and plots (default model)")
+  run.add_argument("--quiet", action="store_true",
+                   help="no progress bars and no summary table")
+  ev.set_defaults(func=run_evaluate)
+
   demo = sub.add_parser(
-      "demo", help="score a good, a collapsed and a noisy model on the built-in simulator",
+      "demo", help="simulate a screen, write it as .h5ad files and evaluate three models",
       description="Simulate a small perturbation screen (a large shared 'popular' response plus "
-      "perturbation-specific effects and noise) and score three models with hit@1, mean rank "
-      "and AUC-F1 under the exact label-permutation null.")
-  demo.add_argument("--seed", type=int, default=0, help="PRNG seed of the simulation (default 0)")
+      "perturbation-specific effects and noise), write the real cells and the predictions of a "
+      "good, a collapsed and a noisy model as .h5ad files into --out, and run `evaluate` on "
+      "each (report, per-perturbation table, plots). With --real FILE.h5ad: split the real "
+      "cells of each perturbation in two halves, one half predicting the other, versus the "
+      "mean and control baselines.")
+  demo.add_argument("--out", default="twinbench_demo_out", metavar="DIR",
+                    help="output folder (default ./twinbench_demo_out)")
+  demo.add_argument("--seed", type=int, default=0, help="seed (default 0)")
   demo.add_argument("--n-perturbations", type=int, default=40,
                     help="number of simulated perturbations (default 40)")
   demo.add_argument("--n-genes", type=int, default=200, help="number of genes (default 200)")
-  demo.add_argument("--metric", default="sqeuclidean",
-                    help="similarity: sqeuclidean, euclidean, l1, cosine, pearson")
+  demo.add_argument("--metric", choices=similarity_lib.METRICS, default="sqeuclidean",
+                    help="similarity (default sqeuclidean)")
+  demo.add_argument("--real", metavar="FILE.h5ad", default=None,
+                    help="run the split-half demo on this real data file instead")
+  demo.add_argument("--normalize", choices=_NORMALIZE_CHOICES, default="log1p_cp10k",
+                    help="with --real: per-cell normalisation (default log1p_cp10k, for raw "
+                    "counts)")
+  demo.add_argument("--perturbation-key", default=None, metavar="K",
+                    help="with --real: obs label column (default from uns)")
+  demo.add_argument("--control", default=None, metavar="C",
+                    help="with --real: control label (default from uns)")
   demo.set_defaults(func=run_demo)
   return parser
 
 
+def _one_line(e: BaseException) -> str:
+  return " ".join(str(e).split()) or type(e).__name__
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  """Runs the command line; returns the exit code (0 on success)."""
+  """Runs the command line; returns the exit code (0 on success, 2 on bad input)."""
   parser = build_parser()
-  args = parser.parse_args(argv)
+  try:
+    args = parser.parse_args(argv)
+  except SystemExit as e:  # --help (0) or a usage error (2), already printed by argparse
+    return int(e.code or 0)
   if getattr(args, "func", None) is None:
     parser.print_help()
     return 2
   try:
     return args.func(args)
-  except (UsageError, ValueError, TypeError, FileNotFoundError, OSError) as e:
-    print(f"twinbench {args.command}: error: {e}", file=sys.stderr)
+  except (UsageError, ValueError, TypeError, KeyError, OSError) as e:
+    print(f"twinbench {args.command}: error: {_one_line(e)}", file=sys.stderr)
     return 2

@@ -97,7 +97,7 @@ def split_half(
   try:
     key, _ = profiles_lib.resolve_keys(src, perturbation_key, False)
     norm = profiles_lib.check_normalize(normalize)
-    uniq, codes = np.unique(src.obs_labels(key), return_inverse=True)
+    uniq, codes = profiles_lib.factorize(src.obs_labels(key))
     half = split_halves(codes, seed=seed)
     sums, counts = profiles_lib.group_sums(src, 2 * codes + half, 2 * len(uniq), layer=layer,
                                            normalize=norm, chunk_size=chunk_size)

@@ -17,6 +17,11 @@ def _relevance_weights(rel: jax.Array, dtype) -> jax.Array:
   return rel / jnp.maximum(jnp.sum(rel, axis=1, keepdims=True), 1.0)
 
 
+def _relevant_counts(rel: jax.Array, dtype) -> jax.Array:
+  # `[Q]` R_q (at least 1, so an empty row gives 0 rather than NaN).
+  return jnp.maximum(jnp.sum(rel, axis=-1), 1).astype(dtype)
+
+
 def own_scores(scores: jax.Array, relevance: jax.Array) -> jax.Array:
   """`m_q`: mean similarity of prediction `q` to its relevant candidates, `[Q]`.
 
@@ -27,7 +32,8 @@ def own_scores(scores: jax.Array, relevance: jax.Array) -> jax.Array:
   rel = validation.as_bool_array(relevance, "relevance", ndim=2)
   validation.check_same_shape(s, rel, "scores", "relevance")
   # `where` first: a NaN/inf score at a non-relevant candidate must not leak in (NaN * 0 = NaN).
-  return jnp.sum(jnp.where(rel, s, 0.0) * _relevance_weights(rel, s.dtype), axis=1)
+  # Sum, then divide: equal sums stay exactly equal means (ties count in p-values).
+  return jnp.sum(jnp.where(rel, s, 0.0), axis=1) / _relevant_counts(rel, s.dtype)
 
 
 def cross_own_scores(scores: jax.Array, relevance: jax.Array) -> jax.Array:
@@ -53,9 +59,29 @@ def single_relevant(rel: jax.Array):
 @functools.partial(jax.jit, static_argnames=("single",))
 def _cross(s, rel, single=None):
   gather = lambda: s[:, jnp.argmax(rel, axis=1)]
-  average = lambda: jnp.matmul(s, _relevance_weights(rel, s.dtype).T,
-                               precision=jax.lax.Precision.HIGHEST)
+  average = lambda: _mean_over_truths(s, rel)
   # One relevant candidate per query (pseudobulk) is a gather, not a (Q, C, Q) matmul.
   if single is None:
     return jax.lax.cond(jnp.all(jnp.sum(rel, axis=1) == 1), gather, average)
   return gather() if single else average()
+
+
+def _mean_over_truths(s, rel):
+  """`out[i, j]`: mean of `s[i]` over the relevant candidates of query `j`; a non-finite
+  score only enters the means of the truths it belongs to."""
+  def matmul(a, b):
+    return jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST)
+
+  finite = jnp.isfinite(s)
+  # NaN * 0 = NaN, so non-finite scores are zeroed here and put back below. Sum, then
+  # divide (not a sum of s / R_j): equal sums stay exactly equal means, whatever the order.
+  out = matmul(jnp.where(finite, s, 0.0), rel.astype(s.dtype)) / _relevant_counts(rel, s.dtype)
+
+  def with_non_finite():
+    relf = rel.astype(s.dtype)
+    touches = lambda m: matmul(m.astype(s.dtype), relf) > 0  # noqa: E731
+    pos, neg, nan = touches(s == jnp.inf), touches(s == -jnp.inf), touches(jnp.isnan(s))
+    o = jnp.where(pos, jnp.inf, jnp.where(neg, -jnp.inf, out))
+    return jnp.where(nan | (pos & neg), jnp.nan, o)
+
+  return jax.lax.cond(jnp.all(finite), lambda: out, with_non_finite)

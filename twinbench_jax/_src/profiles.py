@@ -47,8 +47,10 @@ class Source:
   """
 
   def __init__(self, name: str, *, n_obs: int, var_names: pd.Index, obs_keys: Sequence[str],
-               read_obs, uns: dict, matrices: dict, layer_names: Sequence[str], closer=None):
+               read_obs, uns: dict, matrices: dict, layer_names: Sequence[str], closer=None,
+               is_file: bool = False):
     self.name = name
+    self.is_file = is_file
     self.n_obs = int(n_obs)
     self.var_names = var_names
     self.obs_keys = list(obs_keys)
@@ -58,11 +60,17 @@ class Source:
     self.layer_names = list(layer_names)
     self._closer = closer
 
+  def where(self, part: str) -> str:
+    """How messages name a part: `adata_real.obs` for an object, `obs` of 'r.h5ad' for a file."""
+    if self.is_file:
+      return f"`{part}` of {self.name!r}"
+    return f"`{self.name}.{part}`"
+
   def obs_labels(self, key: str) -> np.ndarray:
     """`[n_obs]` string labels of `obs[key]`; an error names the available columns."""
     if key not in self.obs_keys:
       raise ValueError(
-          f"Could not find key {key!r} in `{self.name}.obs`; available: {self.obs_keys}. "
+          f"Could not find key {key!r} in {self.where('obs')}; available: {self.obs_keys}. "
           "Pass the column that holds the perturbation label as `perturbation_key` "
           "(CLI: --perturbation-key).")
     raw = self._read_obs(key)
@@ -71,7 +79,7 @@ class Source:
     if missing.any():
       first = np.flatnonzero(missing)[:5].tolist()
       raise ValueError(
-          f"`{self.name}.obs[{key!r}]` has no label for {int(missing.sum())} cell(s) (rows "
+          f"{self.where(f'obs[{key!r}]')} has no label for {int(missing.sum())} cell(s) (rows "
           f"{first}{' ...' if missing.sum() > 5 else ''}); label or remove them first.")
     return col.astype(str).to_numpy()
 
@@ -81,15 +89,15 @@ class Source:
     if layer is None:
       mat = self._matrices.get("X")
       if mat is None:
-        raise ValueError(f"`{self.name}` has no `X`; pass `layer=` (available layers: "
+        raise ValueError(f"{self.where('X')} is missing; pass `layer=` (available layers: "
                          f"{self.layer_names})")
     else:
       if layer not in self.layer_names:
-        raise ValueError(f"Could not find layer {layer!r} in `{self.name}.layers`; available: "
+        raise ValueError(f"Could not find layer {layer!r} in {self.where('layers')}; available: "
                          f"{self.layer_names}. Use layer=None (CLI: omit --layer) for `X`.")
       mat = self._matrices[layer]()
     if len(mat.shape) != 2 or mat.shape[0] != self.n_obs or mat.shape[1] != len(self.var_names):
-      raise ValueError(f"`{self.name}.{where}` has shape {tuple(mat.shape)}, expected "
+      raise ValueError(f"{self.where(where)} has shape {tuple(mat.shape)}, expected "
                        f"{(self.n_obs, len(self.var_names))}")
     return mat
 
@@ -149,7 +157,7 @@ def _from_h5ad(path: str) -> Source:
     matrices.update({k: (lambda k=k: _h5_matrix(f["layers"][k])) for k in layer_names})
     return Source(path, n_obs=obs_index.shape[0], var_names=var_names, obs_keys=obs_keys,
                   read_obs=lambda key: _read_elem(obs_g[key]), uns=uns, matrices=matrices,
-                  layer_names=layer_names, closer=f.close)
+                  layer_names=layer_names, closer=f.close, is_file=True)
   except ValueError:
     f.close()
     raise
@@ -181,7 +189,7 @@ def check_unique_genes(source: Source) -> None:
   if not names.is_unique:
     dup = names[names.duplicated()].unique().tolist()
     raise ValueError(
-        f"`{source.name}.var_names` has {len(dup)} duplicated gene name(s): "
+        f"{source.where('var_names')} has {len(dup)} duplicated gene name(s): "
         f"{dup[:10]}{' ...' if len(dup) > 10 else ''}; make them unique first "
         "(`adata.var_names_make_unique()`).")
 
@@ -199,10 +207,20 @@ def check_normalize(normalize: Optional[str], name: str = "normalize") -> Option
   return normalize
 
 
+def _rows(mat, start: int, stop: int):
+  """Rows `start:stop` of a matrix; an in-memory CSR block is a view (no copy of the data)."""
+  if sp.issparse(mat) and mat.format == "csr":
+    lo, hi = mat.indptr[start], mat.indptr[stop]
+    return sp.csr_matrix((mat.data[lo:hi], mat.indices[lo:hi], mat.indptr[start:stop + 1] - lo),
+                         shape=(stop - start, mat.shape[1]))
+  return mat[start:stop]
+
+
 def _block_as_csr(block, source: Source, where: str, start: int) -> sp.csr_matrix:
   """One row block as float64 CSR, checked for NaN/inf."""
   if sp.issparse(block):
-    blk = sp.csr_matrix(block, dtype=np.float64)
+    # A copy even for float64 input: normalisation works in place on `blk.data`.
+    blk = sp.csr_matrix(block, dtype=np.float64, copy=True)
     values = blk.data
   else:
     dense = np.asarray(block)
@@ -215,7 +233,7 @@ def _block_as_csr(block, source: Source, where: str, start: int) -> sp.csr_matri
     else:
       row = int(np.searchsorted(blk.indptr, np.flatnonzero(bad)[0], side="right") - 1)
     raise ValueError(
-        f"`{source.name}.{where}` holds {int(bad.sum())} non-finite value(s) (NaN or inf) in "
+        f"{source.where(where)} holds {int(bad.sum())} non-finite value(s) (NaN or inf) in "
         f"cells {start}..{start + values.shape[0] - 1 if blk is None else start + blk.shape[0] - 1}"
         f", first in cell (row) {start + row}; clean or impute them before scoring.")
   if blk is None:
@@ -227,7 +245,7 @@ def _normalize_block(blk: sp.csr_matrix, normalize: str, source: Source, where: 
                      ) -> sp.csr_matrix:
   if blk.data.size and blk.data.min() < 0:
     raise ValueError(
-        f"normalize={normalize!r} expects non-negative counts, but `{source.name}.{where}` has "
+        f"normalize={normalize!r} expects non-negative counts, but {source.where(where)} has "
         "negative values (already log-normalised or scaled?); use normalize=None "
         "(CLI: --normalize none) for data that is already normalised.")
   target = NORMALIZATIONS[normalize]
@@ -277,16 +295,18 @@ def group_sums(
   counts = np.bincount(codes[codes >= 0], minlength=n_groups)[:n_groups]
   starts = range(0, n, chunk_size)
   if progress and n > chunk_size:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
-    starts = tqdm(starts, desc=desc or f"reading {source.name}", unit="block", leave=False)
+    # disable=None: a bar on a terminal, silent when stderr is not one.
+    starts = tqdm(starts, desc=desc or f"reading {source.name}", unit="block", leave=False,
+                  disable=None)
   for start in starts:
     stop = min(start + chunk_size, n)
     c = codes[start:stop]
     keep = np.flatnonzero(c >= 0)
     if keep.size == 0:
       continue
-    blk = _block_as_csr(mat[start:stop], source, where, start)
+    blk = _block_as_csr(_rows(mat, start, stop), source, where, start)
     if normalize is not None:
       blk = _normalize_block(blk, normalize, source, where)
     indicator = sp.csr_matrix((np.ones(keep.size), (c[keep], keep)), shape=(n_groups, stop - start))
@@ -295,6 +315,16 @@ def group_sums(
 
 
 # ----------------------------------------------------------------------------- pseudobulk
+
+
+def factorize(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """`(sorted unique labels, [n] int code of each label)`.
+
+  The result of `np.unique(labels, return_inverse=True)`, by hashing instead
+  of sorting: fast on millions of string labels.
+  """
+  codes, uniq = pd.factorize(np.asarray(labels, dtype=object), sort=True)
+  return np.asarray(uniq, dtype=object), codes.astype(np.int64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,7 +402,7 @@ def pseudobulk(
     key, _ = resolve_keys(src, perturbation_key, False)
     norm = check_normalize(normalize)
     labels = src.obs_labels(key)
-    uniq, codes = np.unique(labels, return_inverse=True)
+    uniq, codes = factorize(labels)
     sums, counts = group_sums(src, codes, len(uniq), layer=layer, normalize=norm,
                               chunk_size=chunk_size, progress=progress)
     return Pseudobulk(uniq, sums / counts[:, None], counts, np.asarray(src.var_names))
@@ -430,7 +460,8 @@ def align_perturbations(pred_labels: Sequence[str], real_labels: Sequence[str], 
   """Queries and candidates from the predicted and real perturbation labels.
 
   Args:
-    pred_labels: labels with predictions (control already removed).
+    pred_labels: labels with predictions (control already removed), in the
+      order the queries should take.
     real_labels: labels with real cells (control already removed).
     unmatched: ``"error"`` (any label on one side only is an error),
       ``"intersect"`` (queries = candidates = labels on both sides), or
@@ -438,13 +469,14 @@ def align_perturbations(pred_labels: Sequence[str], real_labels: Sequence[str], 
       real label: real perturbations without a prediction stay as decoys).
 
   Returns:
-    `(queries, candidates, notes)`, each list sorted.
+    `(queries, candidates, notes)`: queries in the order of `pred_labels`,
+    candidates sorted.
   """
   if unmatched not in UNMATCHED:
     raise ValueError(f"unknown `unmatched` {unmatched!r}; choose one of {UNMATCHED}")
   p, r = set(pred_labels), set(real_labels)
   only_pred, only_real = sorted(p - r), sorted(r - p)
-  both = sorted(p & r)
+  both = [x for x in dict.fromkeys(pred_labels) if x in r]
   if not both:
     raise ValueError(
         f"no perturbation label is both predicted and real: `{pred_name}` has {_show(sorted(p))}, "
@@ -463,7 +495,7 @@ def align_perturbations(pred_labels: Sequence[str], real_labels: Sequence[str], 
     notes.append(f"{len(only_real)} real perturbation(s) without a prediction "
                  f"{'kept as candidates' if unmatched == 'keep_real' else 'left out'}: "
                  f"{_show(only_real, 5)}")
-  candidates = sorted(r) if unmatched == "keep_real" else both
+  candidates = sorted(r) if unmatched == "keep_real" else sorted(both)
   return both, candidates, notes
 
 

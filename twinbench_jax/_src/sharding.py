@@ -2,9 +2,9 @@
 
 Replicates are independent, so the only layout needed is a 1-D mesh over the
 devices with the replicate axis split across it; everything else (inputs,
-references, observed scores) is replicated. A chunk holds `per_device`
-replicates on each device; `B` is padded up to whole chunks and the padded
-replicates are masked by the kernels.
+references, observed scores) is replicated. A kernel call (a chunk) hands
+`per_device` consecutive replicates to each device, which runs them in a loop
+over fixed-size vmapped batches; replicates past `B` are skipped or masked.
 """
 
 from __future__ import annotations
@@ -18,21 +18,23 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 # Name of the mesh axis that replicates are split over.
 AXIS = "replicates"
-# Default working memory of one chunk on one device (bytes), used to pick a chunk size.
+# Default working memory of one vmapped batch (bytes), used to pick the batch size.
 DEFAULT_CHUNK_BYTES = 256 << 20
-# Upper bound on replicates per device in one chunk when the size is chosen automatically.
+# Upper bound on the automatically chosen batch size.
 MAX_AUTO_PER_DEVICE = 64
 
 
 class ChunkLayout(NamedTuple):
-  """How `n_null` replicates are cut into chunks.
+  """How `n_null` replicates are cut into batches and chunks.
 
   Attributes:
-    per_device: replicates each device processes per chunk (the vmapped batch).
-    chunk: replicates per chunk over all devices (`per_device * n_devices`).
-    n_chunks: number of chunks; `n_chunks * chunk >= n_null`, the excess is padding.
+    batch: replicates vmapped together on one device (the unit of computation).
+    per_device: replicates each device handles per kernel call (a multiple of `batch`).
+    chunk: replicates per kernel call over all devices (`per_device * n_devices`).
+    n_chunks: number of kernel calls; `n_chunks * chunk >= n_null`.
   """
 
+  batch: int
   per_device: int
   chunk: int
   n_chunks: int
@@ -46,32 +48,66 @@ def replicate_mesh(devices: Optional[Sequence[Any]] = None) -> Mesh:
   return Mesh(np.array(devs, dtype=object), (AXIS,))
 
 
+def _check_size(value: Any, name: str) -> Optional[int]:
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"`{name}` must be an int or None, got {type(value).__name__}")
+  if value < 1:
+    raise ValueError(f"`{name}` must be >= 1 (replicates), got {value}")
+  return int(value)
+
+
 def chunk_layout(n_null: int, n_devices: int, chunk_size: Optional[int],
-                 bytes_per_replicate: int) -> ChunkLayout:
-  """Chooses the chunking of `n_null` replicates over `n_devices` devices.
+                 batch_size: Optional[int], bytes_per_replicate: int) -> ChunkLayout:
+  """Chooses the batching and chunking of `n_null` replicates over `n_devices` devices.
+
+  The batch (replicates vmapped together) depends only on `n_null`, the problem
+  size and `batch_size`, never on `chunk_size` or the device count: a replicate
+  is always computed in the same batch `[k * batch, (k + 1) * batch)` with the
+  same compiled arithmetic, which is what makes results bit-identical across
+  chunk sizes and devices.
 
   Args:
     n_null: number of replicates `B`.
     n_devices: devices in the mesh.
-    chunk_size: replicates per chunk over all devices, rounded up to a multiple
-      of `n_devices`; None picks the largest size whose estimated working memory
-      (`bytes_per_replicate` each) stays under `DEFAULT_CHUNK_BYTES` per device.
+    chunk_size: replicates per kernel call over all devices, rounded up to a
+      multiple of `batch * n_devices`; None: one batch per device.
+    batch_size: replicates vmapped together on a device; None: the largest
+      number (at most `MAX_AUTO_PER_DEVICE` and `n_null`) whose estimated
+      working memory stays under `DEFAULT_CHUNK_BYTES`.
     bytes_per_replicate: estimated working memory of one replicate.
 
   Returns:
     A `ChunkLayout`.
   """
-  if chunk_size is None:
-    per_device = DEFAULT_CHUNK_BYTES // max(1, bytes_per_replicate)
-    per_device = max(1, min(MAX_AUTO_PER_DEVICE, per_device, math.ceil(n_null / n_devices)))
-  else:
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
-      raise TypeError(f"`chunk_size` must be an int or None, got {type(chunk_size).__name__}")
-    if chunk_size < 1:
-      raise ValueError(f"`chunk_size` must be >= 1 (replicates per chunk), got {chunk_size}")
-    per_device = math.ceil(int(chunk_size) / n_devices)
+  chunk_size = _check_size(chunk_size, "chunk_size")
+  batch = _check_size(batch_size, "batch_size")
+  if batch is None:
+    batch = DEFAULT_CHUNK_BYTES // max(1, bytes_per_replicate)
+    batch = max(1, min(MAX_AUTO_PER_DEVICE, batch, n_null))
+  per_device = batch if chunk_size is None else (
+      batch * math.ceil(math.ceil(chunk_size / n_devices) / batch))
   chunk = per_device * n_devices
-  return ChunkLayout(per_device, chunk, math.ceil(n_null / chunk))
+  return ChunkLayout(batch, per_device, chunk, math.ceil(n_null / chunk))
+
+
+def shard_map(f, *, mesh: Mesh, in_specs: Any, out_specs: Any):
+  """`jax.shard_map` (the `jax.experimental` one, unchecked, on older JAX)."""
+  if hasattr(jax, "shard_map"):
+    return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+  from jax.experimental.shard_map import shard_map as legacy_shard_map
+  return legacy_shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                          check_rep=False)
+
+
+def varying(tree: Any) -> Any:
+  """Marks values inside `shard_map` as differing between devices (loop carries)."""
+  if hasattr(jax.lax, "pcast"):
+    return jax.lax.pcast(tree, (AXIS,), to="varying")
+  if hasattr(jax.lax, "pvary"):
+    return jax.lax.pvary(tree, (AXIS,))
+  return tree
 
 
 def replicated(tree: Any, mesh: Mesh) -> Any:

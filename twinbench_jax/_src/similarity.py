@@ -82,7 +82,7 @@ def _similarity(x: jax.Array, y: jax.Array, *, metric: str) -> jax.Array:
   if metric == "sqeuclidean":
     return -squared_distances(x, y)
   if metric == "euclidean":
-    return -jnp.sqrt(squared_distances(x, y))
+    return -_safe_sqrt(squared_distances(x, y))
   if metric == "l1":
     return -l1_distances(x, y)
   if metric == "cosine":
@@ -99,7 +99,8 @@ def _matmul_t(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def squared_distances(x: jax.Array, y: jax.Array) -> jax.Array:
   """`[Q, C]` squared Euclidean distances, guarded against float32 cancellation."""
-  centre = jnp.mean(y, axis=0)
+  # Any finite centre works; one NaN/inf reference must not poison every column.
+  centre = jnp.mean(jnp.where(jnp.isfinite(y), y, 0.0), axis=0)
   xc, yc = x - centre, y - centre
   # One matmul of augmented rows [x, |x|^2, 1] . [-2y, 1, |y|^2] gives the whole
   # identity: XLA's CPU backend runs a bare dot far faster than a dot with a
@@ -123,11 +124,26 @@ def squared_distances(x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.sum(diff * diff, axis=1)
 
   refined = jax.lax.map(exact, jnp.arange(n_refine)).T  # [Q, r]
-  return d.at[rows, idx].set(refined)
+  d = d.at[rows, idx].set(refined)
+  # Entries below the identity's rounding bound cannot be told apart from 0.
+  # When some query has more of them than were refined (a cluster of
+  # near-duplicates far from the centre), fall back to the direct sum for the
+  # whole matrix: rare, exact, and never a silent near-tie.
+  norms = xa[:, -2][:, None] + ya[:, -1][None, :]
+  bound = 16.0 * jnp.finfo(d.dtype).eps * jnp.sqrt(x.shape[1] + 2.0) * norms
+  uncertain = jnp.sum(d <= bound, axis=1)
+  return jax.lax.cond(jnp.any(uncertain > n_refine),
+                      lambda: _blocked(x, y, lambda a, b: jnp.sum((a - b) ** 2, axis=-1)),
+                      lambda: d)
 
 
 def l1_distances(x: jax.Array, y: jax.Array) -> jax.Array:
   """`[Q, C]` L1 distances, computed in blocks of queries (no `[Q, C, G]` tensor)."""
+  return _blocked(x, y, lambda a, b: jnp.sum(jnp.abs(a - b), axis=-1))
+
+
+def _blocked(x: jax.Array, y: jax.Array, pair_fn) -> jax.Array:
+  """`pair_fn(x[:, None], y[None])` over blocks of queries, never all of `[Q, C, G]` at once."""
   q, g = x.shape
   c = y.shape[0]
   if q == 0 or c == 0:
@@ -135,15 +151,18 @@ def l1_distances(x: jax.Array, y: jax.Array) -> jax.Array:
   block = max(1, min(q, _L1_BLOCK_ELEMENTS // max(1, c * g)))
   n_blocks = -(-q // block)
   xp = jnp.pad(x, ((0, n_blocks * block - q), (0, 0))).reshape(n_blocks, block, g)
-
-  def one_block(xb):
-    return jnp.sum(jnp.abs(xb[:, None, :] - y[None, :, :]), axis=-1)
-
+  one_block = lambda xb: pair_fn(xb[:, None, :], y[None, :, :])  # noqa: E731
   return jax.lax.map(one_block, xp).reshape(n_blocks * block, c)[:q]
 
 
+def _safe_sqrt(d: jax.Array) -> jax.Array:
+  # sqrt has an infinite derivative at 0; give a zero distance a zero gradient, not NaN.
+  zero = d == 0  # NaN stays NaN
+  return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, d)))
+
+
 def _unit_rows(a: jax.Array) -> jax.Array:
-  norm = jnp.linalg.norm(a, axis=1, keepdims=True)
+  norm = _safe_sqrt(jnp.sum(a * a, axis=1, keepdims=True))
   return a / jnp.where(norm > 0, norm, 1.0)
 
 

@@ -6,12 +6,15 @@ an embedding of the perturbed gene) and a response profile
 .. math:: y_p = \mathrm{popular} + \mathrm{specific}(z_p) + \varepsilon_p
 
 over `G` genes: a large response shared by every perturbation, a smaller
-perturbation-specific part that is a fixed nonlinear function of the input,
-and observation noise. The specific part is learnable from `z`, but most of the
-squared error is explained by the shared part, and hedging toward the mean
-lowers the squared error on unseen perturbations. Shrunk predictions rank the
-same "average-looking" candidates first for every query: the mode collapse
-that TwinBench scores ≈ 0 (SPEC §2, §4).
+perturbation-specific part on a few genes that is a fixed nonlinear function
+of the input, and observation noise. The specific part is learnable from `z`,
+but the squared error is dominated by the shared part and the noise, and
+hedging toward the mean response lowers it on unseen perturbations. Shrunk
+predictions are ranked by how "average" each candidate looks, not by their
+own input: every query sends its top rank to the same few candidates, the mode
+collapse that TwinBench scores ≈ 0 (SPEC §2, §4). With the defaults, the
+noise-free truth ranks its held-out candidate first for about 97% of queries,
+the truth's specific part shrunk by half for about 40%.
 
 A tiny pure-JAX MLP (`toy_mlp_init`, `toy_mlp_predict`) comes with it, so the
 tests and `examples/train_auxiliary_loss.py` train the same model.
@@ -52,21 +55,24 @@ class ToyTask(NamedTuple):
 def make_toy_task(
     key: jax.Array,
     *,
-    n_train: int = 128,
+    n_train: int = 512,
     n_test: int = 64,
     n_features: int = 16,
-    n_genes: int = 64,
+    n_genes: int = 128,
     popular_scale: float = 3.0,
-    specific_scale: float = 1.0,
+    specific_scale: float = 2.0,
     noise: float = 0.5,
+    threshold: float = 1.0,
 ) -> ToyTask:
   r"""Builds the synthetic task (see the module docstring).
 
-  The specific part is a random two-layer teacher,
-  `specific(z) = specific_scale · tanh(z W_1) W_2` with `W_1` `[D, 2D]` and
-  `W_2` `[2D, G]` scaled so each gene has standard deviation `specific_scale`;
-  the popular part has per-gene standard deviation `popular_scale`; the noise
-  is i.i.d. Gaussian with standard deviation `noise`.
+  With `z ~ N(0, I_D)` and a random `W` `[D, G]` with unit-variance columns
+  `z·w_g`, the specific part is the thresholded projection
+  `specific(z)_g = specific_scale · max(z·w_g - threshold, 0)`: gene `g`
+  responds only to the inputs that point along `w_g` (about 16% of the genes
+  per perturbation at `threshold = 1`). The popular part has per-gene standard
+  deviation `popular_scale`; the noise is i.i.d. Gaussian with standard
+  deviation `noise`. Train and test perturbations are independent draws.
 
   Args:
     key: PRNG key; the same key gives the same task.
@@ -77,6 +83,8 @@ def make_toy_task(
     popular_scale: size of the shared response.
     specific_scale: size of the perturbation-specific response.
     noise: observation noise of each profile.
+    threshold: how far along `w_g` an input must point before gene `g`
+      responds (larger: fewer responding genes).
 
   Returns:
     A `ToyTask`.
@@ -89,15 +97,14 @@ def make_toy_task(
                       ("noise", noise)):
     if not value >= 0:
       raise ValueError(f"`{name}` must be >= 0, got {value!r}")
-  k_pop, k_w1, k_w2, k_z, k_noise = jax.random.split(key, 5)
+  k_pop, k_w, k_z, k_noise = jax.random.split(key, 4)
   n = n_train + n_test
-  hidden = 2 * n_features
   popular = popular_scale * jax.random.normal(k_pop, (n_genes,))
-  w1 = jax.random.normal(k_w1, (n_features, hidden)) / jnp.sqrt(n_features)
-  w2 = jax.random.normal(k_w2, (hidden, n_genes))
+  w = jax.random.normal(k_w, (n_features, n_genes)) / jnp.sqrt(n_features)
   z = jax.random.normal(k_z, (n, n_features))
-  raw = jnp.tanh(z @ w1) @ w2
-  specific = specific_scale * raw / jnp.std(raw, axis=0, keepdims=True)
+  # Gene g responds when the input's projection on w_g passes `threshold`:
+  # each perturbation moves a few genes, which ones depends on its input.
+  specific = specific_scale * jax.nn.relu(z @ w - threshold)
   profiles = popular + specific + noise * jax.random.normal(k_noise, (n, n_genes))
   return ToyTask(
       train_inputs=z[:n_train], train_profiles=profiles[:n_train],

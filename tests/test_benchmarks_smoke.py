@@ -1,0 +1,104 @@
+"""Smoke test of the benchmark suite: the runner works end to end on tiny sizes.
+
+Benchmarks never run in the test suite; this only checks that the scripts do
+not rot (`python -m benchmarks.run --tiny`, about half a minute). The
+side by side with cell-eval runs only where `cell_eval` is importable. The
+reproduction of cell-eval's discrimination score is also checked against a
+plain loop here, and against cell-eval itself when it is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))
+
+from benchmarks import cell_eval_compat, datasets, run  # noqa: E402
+
+HAS_CELL_EVAL = importlib.util.find_spec("cell_eval") is not None
+
+
+def _loop_discrimination(pred_deltas, real_deltas, labels, genes):
+  """cell-eval's definition written as a loop (gene column dropped per query)."""
+  p = len(labels)
+  genes = list(genes)
+  scores = []
+  for q in range(p):
+    keep = [g for g in range(len(genes)) if genes[g] != labels[q]]
+    d = np.abs(real_deltas[:, keep] - pred_deltas[q, keep]).sum(axis=1)
+    rank = int(np.sum(d < d[q]))
+    scores.append(1.0 - rank / p)
+  return np.asarray(scores)
+
+
+def test_reproduction_matches_a_plain_loop():
+  rng = np.random.default_rng(0)
+  genes = np.asarray([f"g{i}" for i in range(12)])
+  labels = np.asarray(["g3", "g0", "x", "g11", "g7", "g5"])  # "x" has no gene column
+  real = rng.normal(size=(6, 12))
+  pred = real + rng.normal(size=(6, 12))
+  res = cell_eval_compat.discrimination_from_deltas(pred.astype(np.float32),
+                                                    real.astype(np.float32), labels, genes)
+  want = _loop_discrimination(pred.astype(np.float32).astype(np.float64),
+                              real.astype(np.float32).astype(np.float64), labels, genes)
+  np.testing.assert_allclose(res.scores, want)
+  assert res.scores.min() >= 1.0 / 6 and res.scores.max() <= 1.0
+
+
+def test_target_column_is_left_out():
+  genes = np.asarray(["a", "b", "c"])
+  x = np.asarray([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], np.float32)
+  y = np.asarray([[5.0, 1.0, 0.0], [0.0, 1.0, 7.0]], np.float32)
+  d = np.asarray(cell_eval_compat.l1_without_target(
+      x, y, np.asarray(cell_eval_compat.target_columns(["a", "zz"], genes))))
+  np.testing.assert_allclose(d, [[1.0, 8.0], [6.0, 8.0]])
+
+
+@pytest.mark.skipif(not HAS_CELL_EVAL, reason="cell_eval not installed (the `bench` extra)")
+def test_reproduction_agrees_with_cell_eval():
+  from cell_eval._evaluator import _build_anndata_pair
+  from cell_eval.metrics import discrimination_score
+
+  pred, real = datasets.synthetic_pair(40, n_genes=300, cells_per_perturbation=20, seed=3)
+  ours = cell_eval_compat.cell_eval_discrimination(pred, real)
+  pair = _build_anndata_pair(real=real.copy(), pred=pred.copy(), control_pert="control",
+                             pert_col="perturbation")
+  theirs = discrimination_score(pair)
+  np.testing.assert_allclose(ours.scores, [theirs[lab] for lab in ours.labels])
+
+
+@pytest.mark.slow
+def test_runner_tiny(tmp_path):
+  out = tmp_path / "out"
+  # The other scripts (null engine, soft score, evaluate) have their own --quick
+  # sizes; the runner's handling of them is the same code path as bench_core's.
+  code = run.main(["--tiny", "--out", str(out), "--cache", str(tmp_path / "cache"),
+                   "--skip", "null,soft,evaluate"])
+  assert code == 0
+  results = json.loads((out / "benchmarks.json").read_text())
+  assert results["mode"] == "tiny"
+  assert "error" not in results["core"] and results["core"]["tables"]
+  scaling = results["scaling"]
+  assert len(scaling["q"]["points"]) == 2 and np.isfinite(scaling["q"]["exponent_time"])
+  assert len(scaling["b"]["points"]) == 2
+  assert scaling["devices"]["identical"]
+  assert "skipped" in scaling["gpu"] or scaling["gpu"]["pipeline"]["points"]
+  ce = results["cell_eval"]
+  if HAS_CELL_EVAL:
+    (r,) = ce["results"]
+    assert r["agreement"]["differ_x64"] == 0
+    assert r["mean_baseline"]["twinbench_auc_f1"] == 0.0
+    assert (out / "cell_eval_mean_baseline.png").is_file()
+  else:
+    assert "skipped" in ce
+  text = (out / "benchmarks.md").read_text()
+  assert "## Headline" in text and "## Scaling" in text
+  assert (out / "benchmark_scaling.png").is_file()

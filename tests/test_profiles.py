@@ -1,0 +1,191 @@
+"""Pseudobulk profiles, normalisation, alignment and split halves (SPEC §6–7)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import twinbench_jax as tb
+from adata_helpers import make_real, pseudobulk_numpy
+from twinbench_jax._src import baselines as baselines_lib
+from twinbench_jax._src import profiles as profiles_lib
+
+
+def _log1p_cp10k(x):
+  x = np.asarray(x, np.float64)
+  totals = x.sum(axis=1, keepdims=True)
+  return np.log1p(np.divide(x * 1e4, totals, out=np.zeros_like(x), where=totals > 0))
+
+
+@pytest.mark.parametrize("normalize", [None, "log1p", "log1p_cp10k", "log1p_cpm"])
+def test_pseudobulk_matches_numpy_group_means(normalize):
+  adata, _ = make_real(counts=True)
+  pb = tb.pseudobulk(adata, normalize=normalize)
+  x = adata.X.astype(np.float64)
+  if normalize == "log1p":
+    x = np.log1p(x)
+  elif normalize is not None:
+    target = 1e4 if normalize == "log1p_cp10k" else 1e6
+    totals = x.sum(axis=1, keepdims=True)
+    x = np.log1p(x * target / totals)
+  want = pseudobulk_numpy(x, adata.obs["perturbation"], pb.labels)
+  np.testing.assert_allclose(pb.means, want, rtol=1e-12)
+  assert list(pb.labels) == sorted(adata.obs["perturbation"].unique())
+  np.testing.assert_array_equal(pb.n_cells, [20] + [12] * 8)  # "control" sorts first
+  assert pb.to_frame().shape == (9, 25)
+
+
+def test_dense_sparse_backed_and_chunked_profiles_agree(tmp_path):
+  import anndata
+
+  adata, _ = make_real(counts=True)
+  # A cell with no counts at all must not divide by zero.
+  adata.X[0] = 0
+  dense = tb.pseudobulk(adata, normalize="log1p_cp10k")
+  csr = adata.copy()
+  csr.X = sp.csr_matrix(csr.X)
+  path = tmp_path / "real.h5ad"
+  csr.write_h5ad(path)
+  sparse = tb.pseudobulk(csr, normalize="log1p_cp10k")
+  from_path = tb.pseudobulk(path, normalize="log1p_cp10k")
+  backed = tb.pseudobulk(anndata.read_h5ad(path, backed="r"), normalize="log1p_cp10k")
+  # One sparse code path: dense and sparse inputs are bit-identical.
+  for other in (sparse, from_path, backed):
+    np.testing.assert_array_equal(other.means, dense.means)
+  small_blocks = tb.pseudobulk(path, normalize="log1p_cp10k", chunk_size=7)
+  np.testing.assert_allclose(small_blocks.means, dense.means, rtol=1e-12)
+  assert np.isfinite(dense.means).all()
+
+
+def test_normalisation_never_modifies_the_input():
+  adata, _ = make_real(counts=True)
+  adata.X = sp.csr_matrix(adata.X, dtype=np.float64)
+  before = adata.X.copy()
+  tb.pseudobulk(adata, normalize="log1p_cp10k")
+  np.testing.assert_array_equal(adata.X.toarray(), before.toarray())
+
+
+def test_pseudobulk_reads_a_layer_and_names_missing_ones(tmp_path):
+  adata, _ = make_real(counts=True)
+  adata.layers["counts"] = adata.X.copy()
+  adata.X = _log1p_cp10k(adata.X).astype(np.float32)
+  from_layer = tb.pseudobulk(adata, layer="counts", normalize="log1p_cp10k")
+  from_x = tb.pseudobulk(adata)
+  np.testing.assert_allclose(from_layer.means, from_x.means, rtol=1e-5)
+  adata.write_h5ad(tmp_path / "a.h5ad")
+  np.testing.assert_array_equal(
+      tb.pseudobulk(tmp_path / "a.h5ad", layer="counts", normalize="log1p_cp10k").means,
+      from_layer.means)
+  with pytest.raises(ValueError, match=r"layer 'raw'.*available: \['counts'\]"):
+    tb.pseudobulk(adata, layer="raw")
+
+
+def test_perturbation_key_from_uns_and_missing_key_message():
+  adata, _ = make_real()
+  adata.obs = adata.obs.rename(columns={"perturbation": "guide_target"})
+  with pytest.raises(ValueError, match=r"'perturbation' in `adata.obs`; available: "
+                     r"\['guide_target'\]"):
+    tb.pseudobulk(adata)
+  adata.uns["perturbation_key"] = "guide_target"
+  assert len(tb.pseudobulk(adata).labels) == 9
+
+
+def test_bad_values_are_reported_with_the_cell():
+  adata, _ = make_real(counts=True)
+  adata.X[30, 4] = np.nan
+  with pytest.raises(ValueError, match=r"non-finite.*cell \(row\) 30"):
+    tb.pseudobulk(adata)
+  adata.X = sp.csr_matrix(np.nan_to_num(adata.X))
+  adata.X[5, 2] = np.inf
+  with pytest.raises(ValueError, match=r"non-finite.*cell \(row\) 5"):
+    tb.pseudobulk(adata)
+  adata, _ = make_real()  # Gaussian values: negative entries
+  adata.X[0, 0] = -1.0
+  with pytest.raises(ValueError, match="non-negative counts"):
+    tb.pseudobulk(adata, normalize="log1p_cp10k")
+  adata.obs["perturbation"] = adata.obs["perturbation"].cat.add_categories([]).astype(object)
+  adata.obs.iloc[3, 0] = None
+  with pytest.raises(ValueError, match=r"no label for 1 cell\(s\) \(rows \[3\]\)"):
+    tb.pseudobulk(adata)
+
+
+def test_duplicate_gene_names_are_refused():
+  adata, _ = make_real()
+  adata.var_names = ["g0", "g0"] + list(adata.var_names[2:])
+  src = profiles_lib.open_source(adata, "adata_real")
+  with pytest.raises(ValueError, match=r"duplicated gene name\(s\): \['g0'\].*var_names_make"):
+    profiles_lib.check_unique_genes(src)
+
+
+def test_unreadable_files(tmp_path):
+  empty = tmp_path / "empty.h5ad"
+  empty.write_bytes(b"")
+  with pytest.raises(ValueError, match="empty or truncated"):
+    tb.pseudobulk(empty)
+  adata, _ = make_real()
+  good = tmp_path / "good.h5ad"
+  adata.write_h5ad(good)
+  truncated = tmp_path / "truncated.h5ad"
+  truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+  with pytest.raises(ValueError, match="truncated"):
+    tb.pseudobulk(truncated)
+  with pytest.raises(FileNotFoundError, match="missing.h5ad"):
+    tb.pseudobulk(tmp_path / "missing.h5ad")
+
+
+def test_align_genes_shared_strict_and_none():
+  import pandas as pd
+
+  pred = pd.Index(["a", "b", "c", "x"])
+  real = pd.Index(["c", "b", "a", "y", "z"])
+  shared, notes = profiles_lib.align_genes(pred, real)
+  assert list(shared) == ["c", "b", "a"]  # the real file's order
+  assert "3 shared genes; 1 only in predictions, 2 only in real" in notes[0]
+  with pytest.raises(ValueError, match=r"1 gene\(s\) only in `adata_pred`: \['x'\]; 2 gene\(s\) "
+                     r"only in `adata_real`: \['y', 'z'\]"):
+    profiles_lib.align_genes(pred, real, strict=True)
+  with pytest.raises(ValueError, match="no shared genes"):
+    profiles_lib.align_genes(pd.Index(["ENSG1"]), pd.Index(["STAT1"]))
+
+
+def test_align_perturbations_policies():
+  pred = ["b", "a", "x"]
+  real = ["a", "b", "c"]
+  with pytest.raises(ValueError, match=r"1 predicted but absent.*\['x'\].*1 real but not "
+                     r"predicted: \['c'\].*unmatched='intersect'"):
+    profiles_lib.align_perturbations(pred, real)
+  q, c, notes = profiles_lib.align_perturbations(pred, real, unmatched="intersect")
+  assert (q, c) == (["b", "a"], ["a", "b"])  # queries keep the prediction order
+  assert len(notes) == 2
+  q, c, _ = profiles_lib.align_perturbations(pred, real, unmatched="keep_real")
+  assert (q, c) == (["b", "a"], ["a", "b", "c"])
+  with pytest.raises(ValueError, match="no perturbation label is both"):
+    profiles_lib.align_perturbations(["u"], ["v"], unmatched="intersect")
+
+
+def test_split_halves_sizes_and_seed():
+  codes = np.repeat([0, 1, 2, 3], [1, 2, 7, 10])
+  codes = np.r_[codes, [-1, -1]]
+  half = baselines_lib.split_halves(codes, seed=3)
+  for g, n in enumerate([1, 2, 7, 10]):
+    assert np.sum(half[codes == g] == 0) == n // 2
+  assert (half[codes == 0] == 1).all()  # a lone cell is held out, never predicting
+  assert (half[codes < 0] == -1).all()
+  np.testing.assert_array_equal(half, baselines_lib.split_halves(codes, seed=3))
+  assert not np.array_equal(half, baselines_lib.split_halves(codes, seed=4))
+
+
+def test_split_half_profiles_average_the_halves():
+  adata, _ = make_real(n_cells=9)
+  a, b = tb.split_half(adata, seed=1)
+  full = tb.pseudobulk(adata)
+  np.testing.assert_array_equal(a.n_cells + b.n_cells, full.n_cells)
+  np.testing.assert_allclose((a.means * a.n_cells[:, None] + b.means * b.n_cells[:, None])
+                             / full.n_cells[:, None], full.means, rtol=1e-10)
+
+
+def test_top_variable_genes_keeps_order():
+  prof = np.array([[0.0, 5.0, 1.0, 0.0], [0.0, -5.0, 2.0, 0.1]])
+  genes = np.array(["a", "b", "c", "d"])
+  assert list(profiles_lib.top_variable_genes(prof, genes, 2)) == ["b", "c"]

@@ -1,0 +1,915 @@
+"""End-to-end evaluation of predicted against real AnnData: `tb.evaluate` (SPEC §4, §6–8).
+
+Orchestration only: profiles come from `profiles`, baselines from
+`baselines`, every number from the array core. The steps:
+
+1. pseudobulk profiles of both files (streamed; optional per-cell
+   normalisation), aligned on shared genes and perturbation labels;
+2. optional deltas to a reference and a gene subset;
+3. similarities, truth ranks and own scores of the model's predictions;
+4. the null step (`_query_pvalues`): the exact label-permutation null, a
+   model-in-the-loop null, or precomputed null predictions;
+5. the same for each calibration baseline (always the label null);
+6. a frozen `Report`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import types
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from twinbench_jax._src import auc as auc_lib
+from twinbench_jax._src import baselines as baselines_lib
+from twinbench_jax._src import profiles as profiles_lib
+from twinbench_jax._src import pvalues as pvalues_lib
+from twinbench_jax._src import ranking
+from twinbench_jax._src import similarity as similarity_lib
+from twinbench_jax._src import validation
+
+DELTAS = ("none", "control", "pred_control", "mean")
+# p-value threshold of the `called` column and of `fraction_called`.
+ALPHA = 0.05
+
+
+def _float():
+  """JAX's default float: float32, or float64 under `jax_enable_x64` (profiles are float64)."""
+  return jnp.result_type(float)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _curve_to_numpy(curve: auc_lib.AucF1Result) -> auc_lib.AucF1Result:
+  return auc_lib.AucF1Result(*(np.asarray(x, np.float64) for x in curve))
+
+
+def _json_safe(x: Any) -> Any:
+  """Numbers as plain floats/ints (NaN and inf as None), containers recursively."""
+  if isinstance(x, Mapping):
+    return {str(k): _json_safe(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_json_safe(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return _json_safe(x.tolist())
+  if isinstance(x, (bool, np.bool_)):
+    return bool(x)
+  if isinstance(x, (int, np.integer)):
+    return int(x)
+  if isinstance(x, (float, np.floating)):
+    return float(x) if np.isfinite(x) else None
+  return x
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+  """Result of `tb.evaluate`: summary, per-perturbation table, curves, plots.
+
+  Attributes:
+    summary: JSON-ready mapping with the SPEC §8 fields (``auc_f1``,
+      ``hit_at_1``, ``mrr``, ``n_queries``, ``n_null``, ``null``,
+      ``baselines`` name → AUC-F1) plus ``twinbench_version``,
+      ``metric_version``, settings, per-baseline details and notes.
+    per_perturbation: one row per query (perturbation): ``rank`` of the truth,
+      ``pvalue``, ``pvalue_bh`` (Benjamini–Hochberg), ``called``
+      (``pvalue <= 0.05``), ``correct`` (``rank <= k``), ``own_score``,
+      ``top1`` (the real perturbation ranked first), ``n_cells_pred``,
+      ``n_cells_real``.
+    curves: name (``"model"`` and each baseline) → `AucF1Result` of numpy
+      arrays: the F1(α) step curve and its area (SPEC §4).
+    baseline_tables: baseline name → its per-perturbation table (same columns).
+    popularity: one row per real candidate: ``n_cells`` and ``top1_count``
+      (how many queries rank it first, SPEC §2), for the model.
+    genes: the genes the profiles were compared on.
+  """
+
+  summary: Mapping[str, Any]
+  per_perturbation: pd.DataFrame
+  curves: Mapping[str, auc_lib.AucF1Result]
+  baseline_tables: Mapping[str, pd.DataFrame]
+  popularity: pd.DataFrame
+  genes: tuple[str, ...]
+
+  def __repr__(self) -> str:
+    s = self.summary
+    base = ", ".join(f"{k}={v:.3f}" for k, v in s["baselines"].items())
+    return (f"Report(auc_f1={s['auc_f1']:.3f}, hit_at_1={s['hit_at_1']:.3f}, "
+            f"mrr={s['mrr']:.3f}, n_queries={s['n_queries']}, null={s['null']!r}, "
+            f"n_null={s['n_null']}, baselines: {base or 'none'})")
+
+  @property
+  def auc_f1(self) -> float:
+    return self.summary["auc_f1"]
+
+  @property
+  def hit_at_1(self) -> float:
+    return self.summary["hit_at_1"]
+
+  @property
+  def mrr(self) -> float:
+    return self.summary["mrr"]
+
+  @property
+  def n_queries(self) -> int:
+    return self.summary["n_queries"]
+
+  @property
+  def baselines(self) -> Mapping[str, float]:
+    """Baseline name → AUC-F1."""
+    return self.summary["baselines"]
+
+  @property
+  def notes(self) -> tuple[str, ...]:
+    return tuple(self.summary["notes"])
+
+  def to_dict(self) -> dict:
+    """The content of `report.json`: the summary, the per-perturbation rows and the curves."""
+    out = dict(self.summary)
+    out["per_perturbation"] = self.per_perturbation.to_dict(orient="records")
+    out["curves"] = {name: {"alphas": c.alphas, "f1": c.f1, "precision": c.precision,
+                            "recall": c.recall} for name, c in self.curves.items()}
+    return _json_safe(out)
+
+  def to_json(self, indent: Optional[int] = 2) -> str:
+    """`report.json` as a string (NaN written as null)."""
+    return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+  def save(self, directory, *, plots: bool = True) -> list[str]:
+    """Writes `report.json`, `per_perturbation.csv` and (optionally) the PNG plots.
+
+    Writes into `directory` (created if needed); for an all-or-nothing write
+    use the CLI, which writes to a temporary folder first.
+
+    Returns:
+      The paths written.
+    """
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    paths = [os.path.join(directory, "report.json"),
+             os.path.join(directory, "per_perturbation.csv")]
+    with open(paths[0], "w") as f:
+      f.write(self.to_json())
+      f.write("\n")
+    self.per_perturbation.to_csv(paths[1], index=False)
+    if plots:
+      from twinbench_jax._src import plots as plots_lib
+
+      paths += plots_lib.save_plots(self, directory)
+    return paths
+
+  # Plots (matplotlib, imported on first use).
+  def plot_f1_curves(self, ax=None):
+    """F1 versus α for the model and every baseline; returns the axes."""
+    from twinbench_jax._src import plots as plots_lib
+
+    return plots_lib.plot_f1_curves(self, ax=ax)
+
+  def plot_rank_histogram(self, ax=None):
+    """Histogram of the truth's rank over queries; returns the axes."""
+    from twinbench_jax._src import plots as plots_lib
+
+    return plots_lib.plot_rank_histogram(self, ax=ax)
+
+  def plot_pvalue_histogram(self, ax=None):
+    """Histogram of the per-query p-values; returns the axes."""
+    from twinbench_jax._src import plots as plots_lib
+
+    return plots_lib.plot_pvalue_histogram(self, ax=ax)
+
+  def plot_popularity(self, ax=None):
+    """How often each real perturbation is ranked first; returns the axes."""
+    from twinbench_jax._src import plots as plots_lib
+
+    return plots_lib.plot_popularity(self, ax=ax)
+
+  def summary_table(self) -> pd.DataFrame:
+    """One row per scored predictor (model, then baselines) with the headline numbers."""
+    rows = [{"name": "model", **{k: self.summary[k] for k in _HEADLINE}}]
+    for name, d in self.summary["baseline_details"].items():
+      rows.append({"name": f"{name} baseline", **{k: d[k] for k in _HEADLINE}})
+    return pd.DataFrame(rows).set_index("name")
+
+
+_HEADLINE = ("auc_f1", "hit_at_1", "mrr", "mean_rank", "fraction_called", "n_queries")
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def _score_kernel(x, y, truth, rows, *, metric, k, ties):
+  """Every number of one predictor in a single compiled kernel.
+
+  Similarities, truth ranks, own scores, label-null p-values, popularity,
+  the AUC-F1 curve and Benjamini–Hochberg p-values. One kernel compiles once
+  (about a second on a CPU) where separate ones would each pay a compile.
+
+  Args:
+    x: `[R, G]` predicted profiles.
+    y: `[C, G]` real candidate profiles.
+    truth: `[Q]` index of each query's real candidate (labels are unique on
+      both sides, so each query has exactly one relevant candidate).
+    rows: `[Q]` row of `x` each query predicts with. A baseline that predicts
+      one profile for every query points every query at row 0, so its queries
+      get bitwise identical scores (a batched matmul may round identical rows
+      differently) and the label null gives p = 1, AUC-F1 = 0 exactly.
+  """
+  s = similarity_lib._similarity(x, y, metric=metric)[rows]
+  rel = jnp.arange(s.shape[1])[None, :] == truth[:, None]
+  ranks = ranking._truth_ranks(s, rel, ties=ties)
+  cross = s[:, truth]  # [i, j]: own score of prediction i against the truth of query j
+  p_label = pvalues_lib._label_permutation_pvalues(cross)
+  top1 = jnp.argmax(validation.nan_to_neg_inf(s), axis=1)
+  popularity = ranking.top1_counts(s)
+  curve, bh = _finish(p_label, ranks, k)
+  return (ranks, jnp.diagonal(cross), p_label, top1, popularity, ranking.gini(popularity), curve,
+          bh)
+
+
+_STATIC = ("metric", "k", "ties")
+_score_jit = jax.jit(_score_kernel, static_argnames=_STATIC)
+# Small problems: compilation is nearly all of the time, and XLA's backend
+# optimisation (LLVM) is most of the compilation; skipping it halves the first
+# call at a runtime cost that is negligible at this size.
+_score_jit_small = jax.jit(_score_kernel, static_argnames=_STATIC,
+                           compiler_options={"xla_backend_optimization_level": 0})
+# Entries of `x` and `y` (rows x genes) up to which the small-problem kernel is used.
+_SMALL = 1 << 21
+
+
+def _run_score_kernel(x, y, truth, rows, **kwargs):
+  small = (x.shape[0] + y.shape[0]) * x.shape[1] <= _SMALL
+  return (_score_jit_small if small else _score_jit)(x, y, truth, rows, **kwargs)
+
+
+def _finish(p, ranks, k):
+  correct = ranks <= k
+  return auc_lib._auc_f1(p, correct, jnp.ones_like(correct)), pvalues_lib._benjamini_hochberg(p)
+
+
+# The AUC-F1 curve and BH p-values for p-values from another null.
+_finish_kernel = jax.jit(_finish, static_argnames=("k",))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scored:
+  """Numpy results of one predictor (the model or a baseline)."""
+
+  labels: np.ndarray
+  ranks: np.ndarray
+  own: np.ndarray
+  pvalues: np.ndarray
+  pvalues_bh: np.ndarray
+  top1: np.ndarray
+  popularity: np.ndarray
+  gini: float
+  curve: auc_lib.AucF1Result
+
+  def with_pvalues(self, pvalues: np.ndarray, k: int) -> "_Scored":
+    """The same ranks with p-values from another null."""
+    curve, bh = _finish_kernel(jnp.asarray(pvalues, _float()),
+                               jnp.asarray(self.ranks, _float()), k)
+    return dataclasses.replace(self, pvalues=np.asarray(pvalues, np.float64),
+                               pvalues_bh=np.asarray(bh, np.float64),
+                               curve=_curve_to_numpy(curve))
+
+  def table(self, candidates, k, n_cells_pred, n_cells_real) -> pd.DataFrame:
+    return pd.DataFrame({
+        "perturbation": self.labels,
+        "rank": self.ranks,
+        "pvalue": self.pvalues,
+        "pvalue_bh": self.pvalues_bh,
+        "called": self.pvalues <= ALPHA,
+        "correct": self.ranks <= k,
+        "own_score": self.own,
+        "top1": np.asarray(candidates)[self.top1],
+        "n_cells_pred": n_cells_pred,
+        "n_cells_real": n_cells_real,
+    })
+
+  def stats(self, k, n_null) -> dict:
+    return {
+        "auc_f1": float(self.curve.auc),
+        "hit_at_1": float(np.mean(self.ranks <= 1)),
+        f"hit_at_{k}": float(np.mean(self.ranks <= k)),
+        "mrr": float(np.mean(1.0 / self.ranks)),
+        "mean_rank": float(np.mean(self.ranks)),
+        "fraction_called": float(np.mean(self.pvalues <= ALPHA)),
+        "fraction_called_bh": float(np.mean(self.pvalues_bh <= ALPHA)),
+        "n_queries": int(self.ranks.shape[0]),
+        "n_null": int(n_null),
+    }
+
+
+def _score(labels, x, y, truth, rows, *, metric, k, ties) -> _Scored:
+  """Scores predictions `x[rows]` against references `y` with the label null."""
+  ranks, own, p, top1, pop, g, curve, bh = _run_score_kernel(
+      jnp.asarray(x, _float()), jnp.asarray(y, _float()), jnp.asarray(truth, jnp.int32),
+      jnp.asarray(rows, jnp.int32), metric=metric, k=k, ties=ties)
+  return _Scored(np.asarray(labels), np.asarray(ranks, np.float64), np.asarray(own, np.float64),
+                 np.asarray(p, np.float64), np.asarray(bh, np.float64), np.asarray(top1),
+                 np.asarray(pop, np.float64), float(g), _curve_to_numpy(curve))
+
+
+# ----------------------------------------------------------------------------- null step
+
+
+def _is_item(x) -> bool:
+  """One precomputed null replicate file or AnnData (not an array)."""
+  return isinstance(x, (str, os.PathLike)) or hasattr(x, "obs")
+
+
+def _check_null(null, n_null, predict_fn) -> str:
+  """The kind of null: ``"label"``, ``"model"`` or ``"precomputed"``."""
+  if n_null is not None and (isinstance(n_null, bool) or not isinstance(n_null, (int, np.integer))
+                             or n_null < 1):
+    raise ValueError(f"`n_null` must be a positive number of null replicates, got {n_null!r}")
+  if isinstance(null, str) and null in ("label", "model"):
+    if null == "model" and predict_fn is None:
+      raise ValueError("null='model' needs `predict_fn` (and `inputs`): the model is run again "
+                       "on randomised inputs")
+    return null
+  if isinstance(null, str) and not os.path.exists(null):
+    raise ValueError(f"unknown `null` {null!r} (and no such file); use 'label', 'model', null "
+                     "predictions (a [B, Q, G] array), or AnnData/.h5ad paths")
+  if isinstance(null, (list, tuple)) and len(null) == 0:
+    raise ValueError("`null` is an empty list: give at least one null replicate")
+  return "precomputed"
+
+
+class _LazyNullProfiles:
+  """`[B, Q, G]` precomputed null predictions, made into evaluated profiles on demand.
+
+  The null engine (`tb.precomputed_null`) reads replicates in chunks through
+  `shape` and slicing; each slice runs the same pipeline as `adata_pred`
+  (pseudobulk per query, normalisation, genes, delta), so only the replicates
+  of one file are held at a time.
+  """
+
+  def __init__(self, null, ctx: "_Context", n_null: Optional[int]):
+    self._ctx = ctx
+    nq, ng = len(ctx.queries), len(ctx.genes)
+    self._array = None
+    self._cache: tuple = (None, None)
+    if not _is_item(null) and not (isinstance(null, (list, tuple)) and all(map(_is_item, null))):
+      arr = null if hasattr(null, "shape") and hasattr(null, "__getitem__") else np.asarray(null)
+      n_pred_genes = len(ctx.pred_var_names)
+      if len(arr.shape) != 3 or tuple(arr.shape[1:]) != (nq, n_pred_genes):
+        raise ValueError(
+            f"null predictions must have shape (B, Q, G) = (B, {nq}, {n_pred_genes}): rows in "
+            "the order of the queries (sorted labels, as in report.per_perturbation) and "
+            f"columns in the order of adata_pred.var_names; got {tuple(arr.shape)}")
+      self._array, available = arr, int(arr.shape[0])
+    else:
+      self._plan = []  # (item, name, replicate labels or None), one per file
+      for i, item in enumerate([null] if _is_item(null) else list(null)):
+        self._plan.append(self._inspect(item, i))
+      self._offsets = np.cumsum([0] + [len(reps) for _, _, reps in self._plan])
+      available = int(self._offsets[-1])
+    if n_null is not None and n_null > available:
+      raise ValueError(f"`n_null`={n_null} but the precomputed null holds only {available} "
+                       "replicate(s)")
+    self.shape = (available if n_null is None else int(n_null), nq, ng)
+
+  def _inspect(self, item, i):
+    """Checks one replicate file's genes and labels (metadata only)."""
+    ctx = self._ctx
+    path = isinstance(item, (str, os.PathLike))
+    name = os.fspath(item) if path else f"null[{i}]"
+    src = profiles_lib.open_source(item, name)
+    try:
+      profiles_lib.check_unique_genes(src)
+      missing = [g for g in ctx.genes if g not in set(src.var_names)]
+      if missing:
+        raise ValueError(f"null replicate `{name}` lacks {len(missing)} of the evaluated genes: "
+                         f"{profiles_lib._show(missing)}")
+      labels = src.obs_labels(ctx.pred_key)
+      reps = (profiles_lib.factorize(src.obs_labels(ctx.null_replicate_key))[0]
+              if ctx.null_replicate_key in src.obs_keys else np.array(["0"]))
+      absent = sorted(set(ctx.queries) - set(labels))
+      if absent:
+        raise ValueError(f"null replicate `{name}` has no prediction for {len(absent)} queried "
+                         f"perturbation(s): {profiles_lib._show(absent)}")
+    finally:
+      if path:
+        src.close()
+    return item, name, reps
+
+  def _file_profiles(self, i: int) -> np.ndarray:
+    """`[R, Q, G]` evaluated profiles of every replicate in file `i` (cached)."""
+    if self._cache[0] == i:
+      return self._cache[1]
+    ctx = self._ctx
+    item, name, reps = self._plan[i]
+    path = isinstance(item, (str, os.PathLike))
+    src = profiles_lib.open_source(item, name)
+    try:
+      lab_idx = pd.Index(ctx.queries).get_indexer(src.obs_labels(ctx.pred_key))
+      rep = (pd.Index(reps).get_indexer(src.obs_labels(ctx.null_replicate_key))
+             if len(reps) > 1 or ctx.null_replicate_key in src.obs_keys
+             else np.zeros(len(lab_idx), np.int64))
+      nq = len(ctx.queries)
+      codes = np.where(lab_idx >= 0, rep * nq + lab_idx, -1)
+      sums, counts = profiles_lib.group_sums(
+          src, codes, len(reps) * nq, layer=ctx.pred_layer, normalize=ctx.pred_normalize,
+          chunk_size=ctx.chunk_size)
+      gidx = src.var_names.get_indexer(ctx.genes)
+    finally:
+      if path:
+        src.close()
+    counts = counts.reshape(len(reps), nq)
+    empty = np.argwhere(counts == 0)
+    if empty.size:
+      r, q = empty[0]
+      what = f"replicate {reps[r]!r} of " if len(reps) > 1 else ""
+      raise ValueError(f"null {what}`{name}` has no prediction for {ctx.queries[q]!r}")
+    out = sums[:, gidx].reshape(len(reps), nq, -1) / counts[:, :, None]
+    out = ctx.transform_pred(out).astype(_float())
+    self._cache = (i, out)
+    return out
+
+  def _one(self, b: int) -> np.ndarray:
+    if self._array is not None:
+      x = np.asarray(self._array[b], np.float64)[:, self._ctx.pred_gene_idx]
+      return self._ctx.transform_pred(x).astype(_float())
+    i = int(np.searchsorted(self._offsets, b, side="right") - 1)
+    return self._file_profiles(i)[b - self._offsets[i]]
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def __getitem__(self, index) -> np.ndarray:
+    if isinstance(index, slice):
+      return np.stack([self._one(b) for b in range(*index.indices(self.shape[0]))])
+    return self._one(int(index))
+
+
+def _transformed_call(func, gene_idx, reference, args, kwargs, inputs):
+  """`func(*args, inputs, **kwargs)` on the evaluated genes, minus the delta reference."""
+  out = jnp.asarray(func(*args, inputs, **kwargs))[:, gene_idx]
+  return out if reference is None else out - reference
+
+
+def _model_pvalues(ctx: "_Context", predictions, *, predict_fn, inputs, n_null, key, randomize,
+                   progress, notes) -> tuple:
+  """The model-in-the-loop null through the null engine (`tb.model_null`, SPEC §3)."""
+  from twinbench_jax._src import nulls
+
+  gene_idx = jnp.asarray(ctx.pred_gene_idx, jnp.int32)
+  ref = None if ctx.pred_reference is None else jnp.asarray(ctx.pred_reference, _float())
+  # A partial keeps the model's own partial arguments (its parameters) traced, not constants.
+  if isinstance(predict_fn, functools.partial):
+    predict = functools.partial(_transformed_call, predict_fn.func, gene_idx, ref,
+                                predict_fn.args, predict_fn.keywords or {})
+  else:
+    predict = functools.partial(_transformed_call, predict_fn, gene_idx, ref, (), {})
+  res = nulls.model_null(predict, inputs, ctx.references, ctx.relevance, key=key, n_null=n_null,
+                         randomize=randomize, metric=ctx.metric, progress=progress)
+  observed = np.asarray(predict(inputs))
+  if observed.shape != predictions.shape or not np.allclose(observed, predictions, rtol=1e-4,
+                                                            atol=1e-5):
+    notes.append("predict_fn(inputs) does not reproduce the predictions of adata_pred; the "
+                 "model null tests predict_fn(inputs)")
+  return np.asarray(res.pvalues, np.float64), res.n_null
+
+
+def _query_pvalues(kind, null, ctx, predictions, model, *, n_null, predict_fn, inputs, key,
+                   randomize, progress, notes) -> tuple[np.ndarray, int]:
+  """The null step: per-query p-values and the number of null replicates (SPEC §3).
+
+  ``"label"`` keeps the exact label-permutation p-values of the scoring
+  kernel (`n_null = Q - 1`: the predictions for the other perturbations);
+  ``"model"`` reruns the model on randomised inputs and ``"precomputed"``
+  scores given null predictions, both through the null engine (`tb.model_null`,
+  `tb.precomputed_null`), which streams replicates in chunks.
+  """
+  if kind == "label":
+    return model.pvalues, len(model.labels) - 1
+  if kind == "model":
+    return _model_pvalues(ctx, predictions, predict_fn=predict_fn, inputs=inputs,
+                          n_null=1000 if n_null is None else int(n_null), key=key,
+                          randomize=randomize, progress=progress, notes=notes)
+  from twinbench_jax._src import nulls
+
+  lazy = _LazyNullProfiles(null, ctx, n_null)
+  res = nulls.precomputed_null(np.asarray(predictions, _float()), lazy, ctx.references,
+                               ctx.relevance, metric=ctx.metric, progress=progress)
+  return np.asarray(res.pvalues, np.float64), res.n_null
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+@dataclasses.dataclass
+class _Context:
+  """Resolved settings and aligned data shared by the steps of one evaluation."""
+
+  queries: list
+  candidates: list
+  genes: np.ndarray
+  pred_var_names: pd.Index
+  pred_gene_idx: np.ndarray
+  pred_key: str
+  pred_layer: Optional[str]
+  pred_normalize: Optional[str]
+  pred_reference: Optional[np.ndarray]  # subtracted from prediction profiles (delta)
+  real_reference: Optional[np.ndarray]  # subtracted from real-side profiles (delta)
+  references: Any  # [C, G] jax array of the real candidate profiles (after delta)
+  truth: Any  # [Q] jax int32 index of each query's candidate
+  relevance: Any  # [Q, C] jax bool
+  metric: str
+  chunk_size: Optional[int]
+  null_replicate_key: str
+
+  def transform_pred(self, x: np.ndarray) -> np.ndarray:
+    return x if self.pred_reference is None else x - self.pred_reference
+
+  def transform_real(self, x: np.ndarray) -> np.ndarray:
+    return x if self.real_reference is None else x - self.real_reference
+
+
+def _check_delta(delta) -> Optional[str]:
+  if delta is None or delta is False or delta == "none":
+    return None
+  if delta is True:
+    return "control"
+  if delta not in DELTAS:
+    raise ValueError(f"unknown `delta` {delta!r}; choose one of {DELTAS} (True = 'control')")
+  return delta
+
+
+def _split_seed(key: Optional[jax.Array], seed: int) -> int:
+  """Seed of the split halves: `seed`, or derived from the bits of `key` (no device work)."""
+  if key is None:
+    return int(seed)
+  data = np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+                    else key).ravel()
+  return int(np.random.SeedSequence([int(v) for v in data] + [1]).generate_state(1)[0])
+
+
+def evaluate(
+    adata_pred: Any,
+    adata_real: Any,
+    *,
+    perturbation_key: Optional[str] = None,
+    pred_perturbation_key: Optional[str] = None,
+    control: Any = None,
+    include_control: bool = False,
+    layer: Optional[str] = None,
+    pred_layer: Optional[str] = None,
+    normalize: Optional[str] = None,
+    pred_normalize: Optional[str] = None,
+    genes: Optional[Sequence[str]] = None,
+    n_top_genes: Optional[int] = None,
+    strict_genes: bool = False,
+    delta: Any = False,
+    unmatched: str = "error",
+    metric: str = "sqeuclidean",
+    k: int = 1,
+    ties: str = "average",
+    null: Any = "label",
+    n_null: Optional[int] = None,
+    predict_fn: Optional[Callable] = None,
+    inputs: Any = None,
+    randomize: Any = "shuffle_features",
+    null_replicate_key: str = "null_replicate",
+    key: Optional[jax.Array] = None,
+    seed: int = 0,
+    baselines: Sequence[str] = baselines_lib.BASELINES,
+    chunk_size: Optional[int] = None,
+    progress: bool = False,
+    name: str = "model",
+) -> Report:
+  """Scores predicted against real perturbation profiles, with baselines (SPEC §4, §6–8).
+
+  Each predicted perturbation (pseudobulk of `adata_pred`) is a query; the
+  real perturbation profiles (pseudobulks of `adata_real`) are the candidates.
+  The report gives the rank of the truth, a p-value per query, the AUC-F1,
+  and the same for the calibration baselines computed from `adata_real`.
+
+  Args:
+    adata_pred: predictions: an AnnData (in memory or backed) or an `.h5ad`
+      path; one row per perturbation or many cells per perturbation (averaged).
+    adata_real: the real data, same forms. Paths are opened read-only and
+      streamed, so a file larger than memory works.
+    perturbation_key: `obs` column of the perturbation label; default
+      `adata_real.uns['perturbation_key']`, else ``"perturbation"``.
+    pred_perturbation_key: the column in `adata_pred` (default: the same).
+    control: the control label; default `adata_real.uns['control_label']`,
+      else ``"control"``. ``False``: the data has no control cells (no control
+      baseline, no control delta). The control is never a query or a
+      candidate unless `include_control`.
+    include_control: rank the control like a perturbation.
+    layer: layer to read instead of `X` (both files).
+    pred_layer: layer of `adata_pred` when it differs (``"X"`` for `X`).
+    normalize: per-cell normalisation before averaging: `None` (default: both
+      files are taken to be in the same expression space as stored),
+      ``"log1p"``, ``"log1p_cp10k"`` (log1p of counts per 10,000; for raw
+      counts) or ``"log1p_cpm"`` (per million).
+    pred_normalize: normalisation of `adata_pred` when it differs
+      (``"none"`` for none); default: `normalize`.
+    genes: evaluate on these genes only (all must be shared).
+    n_top_genes: evaluate on the N genes whose real profiles vary most across
+      perturbations (after normalisation).
+    strict_genes: error when the files' gene sets differ (default: use the
+      shared genes, with a note).
+    delta: compare changes instead of levels: `False`/``"none"``;
+      ``"control"`` (or `True`): both files minus the *real* control profile;
+      ``"pred_control"``: predictions minus the prediction file's own control
+      (opt-in: a prediction file could move its score through its control);
+      ``"mean"``: both minus the mean real perturbation profile. A shared
+      reference changes nothing for Euclidean and L1 distances.
+    unmatched: perturbations on one side only: ``"error"`` (default),
+      ``"intersect"`` (score the shared ones), or ``"keep_real"`` (score the
+      shared ones; unpredicted real ones remain candidates).
+    metric: similarity (``"sqeuclidean"``, ``"euclidean"``, ``"l1"``,
+      ``"cosine"``, ``"pearson"``).
+    k: a query is correct when its truth ranks within the top `k`.
+    ties: tie rule of the ranks (``"average"``, ``"optimistic"``, ``"pessimistic"``).
+    null: ``"label"`` (exact label permutation, no model needed),
+      ``"model"`` (rerun `predict_fn` on randomised `inputs`), or precomputed
+      null predictions: a `[B, Q, G]` array (rows in query order: as the
+      perturbations first appear in `adata_pred`; columns in
+      `adata_pred.var_names` order) or a list of
+      AnnData/`.h5ad` paths shaped like `adata_pred`, one replicate each (or
+      several, labelled by `obs[null_replicate_key]`).
+    n_null: null replicates: the model null's B (default 1000); for
+      precomputed nulls the first `n_null` replicates (default all). Not used
+      by the label null.
+    predict_fn: for ``null="model"``: `inputs -> [Q, G]` profiles in query
+      order and `adata_pred.var_names` order, in the evaluated expression space.
+    inputs: the model inputs (a pytree) for ``null="model"``.
+    randomize: randomiser of the model null (see `tb.resolve_randomizer`).
+    null_replicate_key: `obs` column that splits a null file into replicates.
+    key: PRNG key for the model null and the split halves; default
+      `jax.random.key(seed)`.
+    seed: used when `key` is None.
+    baselines: any of ``"mean"``, ``"control"``, ``"split_half"`` (SPEC §6),
+      each scored with the label null. Perturbations with fewer than 2 real
+      cells are left out of the split-half (with a note).
+    chunk_size: cells read at a time (default: about 4 million entries).
+    progress: show progress bars while reading.
+    name: what to call the predictions in the report and its plots.
+
+  Returns:
+    A `Report`. Queries (rows of `per_perturbation`) come in the order the
+    perturbations first appear in `adata_pred`; candidates are sorted.
+
+  Example:
+    >>> report = tb.evaluate("pred.h5ad", "real.h5ad", normalize="log1p_cp10k")
+    >>> report.auc_f1, report.baselines
+    >>> report.save("out/")
+  """
+  # --- arguments, checked before any data is read.
+  if metric not in similarity_lib.METRICS:
+    raise ValueError(f"unknown `metric` {metric!r}; choose one of {similarity_lib.METRICS}")
+  if ties not in ranking.TIES:
+    raise ValueError(f"unknown `ties` {ties!r}; choose one of {ranking.TIES}")
+  if not isinstance(k, (int, np.integer)) or k < 1:
+    raise ValueError(f"`k` must be an integer >= 1, got {k!r}")
+  norm_real = profiles_lib.check_normalize(normalize)
+  norm_pred = (norm_real if pred_normalize is None
+               else profiles_lib.check_normalize(pred_normalize, "pred_normalize"))
+  delta = _check_delta(delta)
+  wanted = baselines_lib.check_baselines(baselines)
+  null_kind = _check_null(null, n_null, predict_fn)
+  if genes is not None and n_top_genes is not None:
+    raise ValueError("give either `genes` or `n_top_genes`, not both")
+  if n_top_genes is not None and n_top_genes < 1:
+    raise ValueError(f"`n_top_genes` must be >= 1, got {n_top_genes}")
+  if unmatched not in profiles_lib.UNMATCHED:
+    raise ValueError(f"unknown `unmatched` {unmatched!r}; choose one of {profiles_lib.UNMATCHED}")
+  notes: list[str] = []
+
+  owned = []
+  try:
+    real = profiles_lib.open_source(adata_real, "adata_real")
+    if isinstance(adata_real, (str, os.PathLike)):
+      owned.append(real)
+    pred = profiles_lib.open_source(adata_pred, "adata_pred")
+    if isinstance(adata_pred, (str, os.PathLike)):
+      owned.append(pred)
+    report = _evaluate(
+        pred, real, perturbation_key=perturbation_key, pred_perturbation_key=pred_perturbation_key,
+        control=control, include_control=include_control, layer=layer,
+        pred_layer=layer if pred_layer is None else (None if pred_layer == "X" else pred_layer),
+        norm_real=norm_real, norm_pred=norm_pred, genes=genes, n_top_genes=n_top_genes,
+        strict_genes=strict_genes, delta=delta, unmatched=unmatched, metric=metric, k=int(k),
+        ties=ties, null=null, null_kind=null_kind, n_null=n_null, predict_fn=predict_fn,
+        inputs=inputs, randomize=randomize, null_replicate_key=null_replicate_key, key=key,
+        seed=seed, baselines=wanted, chunk_size=chunk_size, progress=progress,
+        model_name=str(name), notes=notes)
+  finally:
+    for src in owned:
+      src.close()
+  return report
+
+
+def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, include_control,
+              layer, pred_layer, norm_real, norm_pred, genes, n_top_genes, strict_genes, delta,
+              unmatched, metric, k, ties, null, null_kind, n_null, predict_fn, inputs, randomize,
+              null_replicate_key, key, seed, baselines, chunk_size, progress, model_name,
+              notes) -> Report:
+  # --- keys, labels, genes.
+  real_key, control = profiles_lib.resolve_keys(real, perturbation_key, control)
+  pred_key = pred_perturbation_key or real_key
+  profiles_lib.check_unique_genes(pred)
+  profiles_lib.check_unique_genes(real)
+  shared, gene_notes = profiles_lib.align_genes(pred.var_names, real.var_names,
+                                                strict=strict_genes, pred_name=pred.name,
+                                                real_name=real.name)
+  notes += gene_notes
+  if genes is not None:
+    genes = [str(g) for g in genes]
+    if not genes:
+      raise ValueError("`genes` is empty; pass None to use all shared genes")
+    missing = [g for g in genes if g not in set(shared)]
+    if missing:
+      raise ValueError(f"{len(missing)} requested gene(s) are not in both files: "
+                       f"{profiles_lib._show(missing)}")
+    if len(set(genes)) != len(genes):
+      raise ValueError("`genes` lists a gene more than once")
+    shared = np.asarray(genes)
+  real_labels = real.obs_labels(real_key)
+  pred_labels = pred.obs_labels(pred_key)
+  real_uniq = profiles_lib.factorize(real_labels)[0]
+  pred_uniq = pd.unique(pred_labels)
+  if control is not None and control not in set(real_uniq):
+    raise ValueError(
+        f"control label {control!r} not found in {real.where(f'obs[{real_key!r}]')} (labels: "
+        f"{profiles_lib._show(real_uniq.tolist())}); pass the control label as `control` "
+        "(CLI: --control), or control=False (--no-control) if the data has no control cells.")
+  if control is None:
+    if delta == "control" or delta == "pred_control":
+      raise ValueError(f"delta={delta!r} needs control cells, but control=False")
+    if "control" in baselines:
+      baselines = tuple(b for b in baselines if b != "control")
+      notes.append("no control: the control baseline is skipped")
+  if delta == "pred_control" and control not in set(pred_uniq):
+    raise ValueError(f"delta='pred_control' needs control cells labelled {control!r} in "
+                     f"{pred.where(f'obs[{pred_key!r}]')}; found none. Use delta='control' to "
+                     "subtract the real control from both files.")
+
+  def drop_control(labels):
+    return [x for x in labels.tolist() if include_control or x != control]
+
+  queries, candidates, label_notes = profiles_lib.align_perturbations(
+      drop_control(pred_uniq), drop_control(real_uniq), unmatched=unmatched,
+      pred_name=pred.name, real_name=real.name)
+  notes += label_notes
+
+  # --- one streamed pass per file.
+  real_groups = list(candidates) + ([control] if control is not None and control not in
+                                    candidates else [])
+  real_idx = pd.Index(real_groups).get_indexer(real_labels)
+  half = baselines_lib.split_halves(real_idx, seed=_split_seed(key, seed))
+  real_codes = np.where(real_idx >= 0, 2 * real_idx + half, -1)
+  sums, counts = profiles_lib.group_sums(real, real_codes, 2 * len(real_groups), layer=layer,
+                                         normalize=norm_real, chunk_size=chunk_size,
+                                         progress=progress, desc="real cells")
+  real_gidx = real.var_names.get_indexer(shared)
+  sums = sums[:, real_gidx]
+  n_real = counts[0::2] + counts[1::2]
+  real_full = (sums[0::2] + sums[1::2]) / n_real[:, None]
+  pred_groups = list(queries) + ([control] if delta == "pred_control" else [])
+  pred_idx = pd.Index(pred_groups).get_indexer(pred_labels)
+  psums, pcounts = profiles_lib.group_sums(pred, pred_idx, len(pred_groups), layer=pred_layer,
+                                           normalize=norm_pred, chunk_size=chunk_size,
+                                           progress=progress, desc="predictions")
+  pred_gidx = pred.var_names.get_indexer(shared)
+  pred_full = psums[:, pred_gidx] / pcounts[:, None]
+
+  n_cand = len(candidates)
+  cand_profiles = real_full[:n_cand]
+  if n_top_genes is not None:
+    if n_top_genes >= len(shared):
+      notes.append(f"n_top_genes={n_top_genes} >= {len(shared)} shared genes: all are used")
+    else:
+      top = profiles_lib.top_variable_genes(cand_profiles, shared, n_top_genes)
+      keep = pd.Index(shared).get_indexer(top)
+      shared, sums = top, sums[:, keep]
+      real_full, pred_full = real_full[:, keep], pred_full[:, keep]
+      real_gidx, pred_gidx = real_gidx[keep], pred_gidx[keep]
+      cand_profiles = real_full[:n_cand]
+      notes.append(f"{n_top_genes} most variable genes across the real profiles")
+  control_real = real_full[real_groups.index(control)] if control is not None else None
+
+  # --- deltas (SPEC §7: the real control is the default reference for both files).
+  real_ref = pred_ref = None
+  if delta == "control":
+    real_ref = pred_ref = control_real
+  elif delta == "pred_control":
+    real_ref, pred_ref = control_real, pred_full[len(queries)]
+  elif delta == "mean":
+    real_ref = pred_ref = baselines_lib.mean_profile(cand_profiles)
+  references = jnp.asarray(cand_profiles if real_ref is None else cand_profiles - real_ref,
+                           _float())
+  truth = pd.Index(candidates).get_indexer(queries)
+  rel = jnp.asarray(np.arange(len(candidates))[None, :] == truth[:, None])
+  ctx = _Context(
+      queries=list(queries), candidates=list(candidates), genes=np.asarray(shared),
+      pred_var_names=pred.var_names, pred_gene_idx=pred_gidx, pred_key=pred_key,
+      pred_layer=pred_layer, pred_normalize=norm_pred, pred_reference=pred_ref,
+      real_reference=real_ref, references=references, truth=jnp.asarray(truth, jnp.int32),
+      relevance=rel, metric=metric, chunk_size=chunk_size,
+      null_replicate_key=null_replicate_key)
+  predictions = ctx.transform_pred(pred_full[:len(queries)])
+  cand_n = n_real[:n_cand]
+  query_n_real = cand_n[pd.Index(candidates).get_indexer(queries)]
+  baseline_tables: dict[str, pd.DataFrame] = {}
+
+  # --- the model.
+  n_q = len(queries)
+  model = _score(queries, predictions, references, truth, np.arange(n_q), metric=metric, k=k,
+                 ties=ties)
+  if null_kind == "model":
+    null_key = jax.random.fold_in(jax.random.key(seed) if key is None else key, 2)
+  else:
+    null_key = None
+  pvals, b = _query_pvalues(null_kind, null, ctx, predictions, model, n_null=n_null,
+                            predict_fn=predict_fn, inputs=inputs, key=null_key,
+                            randomize=randomize, progress=progress, notes=notes)
+  if null_kind == "label":
+    notes.append(f"label null: exact, over the {n_q} predictions (n_null = Q - 1)")
+    if n_null is not None:
+      notes.append(f"n_null={n_null} is not used by the exact label null")
+  else:
+    model = model.with_pvalues(pvals, k)
+
+  # --- baselines (label null).
+  scored = {}
+  for name in baselines:
+    if name in ("mean", "control"):
+      profile = (baselines_lib.mean_profile(cand_profiles) if name == "mean" else control_real)
+      x = np.broadcast_to(ctx.transform_real(profile), (n_q, profile.shape[0]))
+      n_pred = int(cand_n.sum()) if name == "mean" else int(n_real[real_groups.index(control)])
+      scored[name] = _score(queries, x, references, truth, np.zeros(n_q), metric=metric, k=k,
+                            ties=ties)
+      baseline_tables[name] = scored[name].table(candidates, k, np.full(n_q, n_pred),
+                                                 query_n_real)
+    elif name == "split_half":
+      n_a, n_b = counts[0::2][:n_cand], counts[1::2][:n_cand]
+      ok = n_a > 0
+      if not ok.any():
+        notes.append("split-half skipped: no perturbation has 2 or more real cells")
+        continue
+      if not ok.all():
+        left = [c for c, o in zip(candidates, ok) if not o]
+        notes.append(f"split-half leaves out {len(left)} perturbation(s) with fewer than 2 real "
+                     f"cells: {profiles_lib._show(left, 5)}")
+      half_a = sums[0::2][:n_cand][ok] / n_a[ok, None]
+      half_b = sums[1::2][:n_cand] / n_b[:, None]
+      sh_q = np.asarray(candidates)[ok]
+      scored[name] = _score(sh_q, ctx.transform_real(half_a), ctx.transform_real(half_b),
+                            np.flatnonzero(ok), np.arange(len(sh_q)), metric=metric, k=k,
+                            ties=ties)
+      baseline_tables[name] = scored[name].table(candidates, k, n_a[ok], n_b[ok])
+
+  # --- report.
+  table = model.table(candidates, k, pcounts[:n_q], query_n_real)
+  popularity = pd.DataFrame({"perturbation": candidates, "n_cells": cand_n,
+                             "top1_count": model.popularity})
+  stats = model.stats(k, b)
+  from twinbench_jax import METRIC_VERSION, __version__
+
+  summary = {
+      "twinbench_version": __version__,
+      "metric_version": METRIC_VERSION,
+      **stats,
+      "k": k,
+      "normalized_rank": float(np.mean((model.ranks - 1.0) / np.maximum(
+          np.sum(~np.asarray(rel), axis=1), 1))),
+      "null": null_kind,
+      "alpha": ALPHA,
+      "n_candidates": n_cand,
+      "n_genes": int(len(shared)),
+      "popularity_gini": model.gini,
+      "baselines": {name: float(sc.curve.auc) for name, sc in scored.items()},
+      "baseline_details": {name: sc.stats(k, len(sc.labels) - 1) for name, sc in scored.items()},
+      "settings": {
+          "perturbation_key": real_key, "pred_perturbation_key": pred_key, "control": control,
+          "include_control": include_control, "layer": layer, "pred_layer": pred_layer,
+          "normalize": norm_real, "pred_normalize": norm_pred,
+          "genes": "given" if genes is not None else (
+              f"top {n_top_genes} variable" if n_top_genes is not None else "all shared"),
+          "delta": delta, "unmatched": unmatched, "metric": metric, "ties": ties,
+          "seed": seed, "pred": pred.name, "real": real.name, "name": model_name,
+      },
+      "notes": list(notes),
+  }
+  return Report(
+      summary=types.MappingProxyType(_json_safe(summary)),
+      per_perturbation=table,
+      curves=types.MappingProxyType(
+          {"model": model.curve, **{name: sc.curve for name, sc in scored.items()}}),
+      baseline_tables=types.MappingProxyType(baseline_tables),
+      popularity=popularity,
+      genes=tuple(str(g) for g in shared),
+  )
