@@ -205,10 +205,9 @@ def _own(x: jax.Array, s: Optional[jax.Array], ctx: dict, *, mode: str) -> jax.A
 # --------------------------------------------------------------------------- kernels
 
 
-def _replicate_scores(x, x_obs, own_obs, s_obs, ctx, *, metric, mode, candidate_level):
-  """One replicate: null own scores `[Q]` and, candidate level, `s^b >= s` `[Q, C]`."""
-  need_s = candidate_level or mode == "full"
-  s = similarity_lib._similarity(x, ctx["y"], metric=metric) if need_s else None
+def _replicate_scores(x, s, x_obs, own_obs, s_obs, ctx, *, mode, candidate_level):
+  """One replicate `x` `[Q, G]` with similarities `s` `[Q, C]` (or None when not needed):
+  null own scores `[Q]` and, candidate level, `s^b >= s` `[Q, C]`."""
   own = _own(x, s, ctx, mode=mode)
   # A prediction that did not change is an exact tie, whatever the rounding.
   same = jnp.all(x == x_obs, axis=1)
@@ -227,10 +226,17 @@ def _score_batch(xb, valid, x_obs, own_obs, s_obs, ctx, *, metric, mode, candida
   - ``counts`` (candidate level): `[Q, C]` int32 exceedance counts of the valid replicates.
   """
   xb = xb.astype(x_obs.dtype)
-  score = functools.partial(_replicate_scores, metric=metric, mode=mode,
-                            candidate_level=candidate_level)
-  own, exceed = jax.vmap(score, in_axes=(0, None, None, None, None))(
-      xb, x_obs, own_obs, s_obs, ctx)
+  s = None
+  if candidate_level or mode == "full":
+    # Rows are scored independently, so the whole batch is one `[b*Q, G] x [G, C]`
+    # similarity: one large matmul, and no vmap around the core's data-dependent
+    # branches (under vmap a `lax.cond` runs both of them).
+    b, q, g = xb.shape
+    s = similarity_lib._similarity(xb.reshape(b * q, g), ctx["y"], metric=metric)
+    s = s.reshape(b, q, -1)
+  score = functools.partial(_replicate_scores, mode=mode, candidate_level=candidate_level)
+  own, exceed = jax.vmap(score, in_axes=(0, 0, None, None, None, None))(
+      xb, s, x_obs, own_obs, s_obs, ctx)
   finite = jnp.all(jnp.isfinite(xb), axis=(1, 2))
   out = {"own": own, "bad": jnp.sum(valid & ~finite, dtype=jnp.int32)}
   if candidate_level:
@@ -342,14 +348,9 @@ def _precomputed_chunk(start, n_null, xb, x_obs, own_obs, s_obs, ctx, *, mesh, p
 
 @functools.partial(jax.jit, static_argnames=("metric", "mode"))
 def _observed_scores(x, ctx, *, metric, mode):
-  """Observed own scores `[Q]` and similarities `[Q, C]`, batched like one null replicate."""
-
-  def one(xi):
-    s = similarity_lib._similarity(xi, ctx["y"], metric=metric)
-    return _own(xi, s, ctx, mode=mode), s
-
-  own, s = jax.vmap(one)(x[None])
-  return own[0], s[0]
+  """Observed own scores `[Q]` and similarities `[Q, C]` (those of `tb.similarity`)."""
+  s = similarity_lib._similarity(x, ctx["y"], metric=metric)
+  return _own(x, s, ctx, mode=mode), s
 
 
 @functools.partial(jax.jit, static_argnames=("apply",))
