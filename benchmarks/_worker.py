@@ -10,7 +10,8 @@ Tasks:
   `.h5ad` files (time and peak memory of that call alone, on AnnData already
   in memory), optionally also on cell-eval's own mean baseline.
 - ``ours_scores``: the same score rebuilt from twinbench_jax primitives, and
-  `tb.evaluate(metric="l1", delta="pred_control")`, on the same files.
+  `tb.evaluate(metric="l1", delta="pred_control", target_genes=...)`, on the
+  same files.
 - ``pipeline_point``: the exact array pipeline at one size (scaling curve).
 - ``null_point``: the model-in-the-loop null of a linear model at one `B`.
 - ``devices_point``: the same null on the devices of this process (run with
@@ -92,16 +93,20 @@ def ours_scores(args: dict) -> dict:
   control, key = args["control"], args.get("perturbation_key", "perturbation")
   repeats = int(args.get("repeats", 3))
   real, pred = _read(args["real"]), _read(args["pred"])
+  # cell-eval leaves out the gene named like the perturbation: `target_genes`
+  # {label: label} does the same in `tb.evaluate` (where this version has it).
+  same = cell_eval_compat.evaluate_options(tb.evaluate, real.obs[key], control)
 
   def reproduce(p=pred):
     return cell_eval_compat.cell_eval_discrimination(p, real, perturbation_key=key,
                                                      control=control)
 
-  def evaluate(p=pred):
-    return tb.evaluate(p, real, perturbation_key=key, control=control, metric="l1",
-                       delta="pred_control", baselines=())
+  def evaluate(p=pred, baselines=()):
+    return tb.evaluate(p, real, perturbation_key=key, control=control, baselines=baselines,
+                       **same)
 
-  out = dict(x64=bool(jax.config.read("jax_enable_x64")))
+  out = dict(x64=bool(jax.config.read("jax_enable_x64")),
+             evaluate_target_genes="target_genes" in same)
   with _common.PeakMemory() as mem:
     first, res = _common.timed(reproduce)
     warm = _common.median_time(reproduce, repeats)
@@ -131,8 +136,7 @@ def ours_scores(args: dict) -> dict:
   if args.get("baseline"):
     base = _read(args["baseline"])
     bres = reproduce(base)
-    brep = tb.evaluate(base, real, perturbation_key=key, control=control, metric="l1",
-                       delta="pred_control", baselines=("mean",))
+    brep = evaluate(base, baselines=("mean",))
     bt = brep.per_perturbation
     out.update(baseline_scores=bres.scores.tolist(), baseline_labels=bres.labels.tolist(),
                baseline_auc_f1=float(brep.auc_f1), baseline_hit_at_1=float(brep.hit_at_1),

@@ -27,7 +27,8 @@ the perturbations whose real delta lies near the centroid of all deltas.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+import inspect
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -159,3 +160,22 @@ def distance_to_centroid(real_deltas) -> np.ndarray:
   """`[P]` L1 distance from each real delta to the mean of all real deltas."""
   d = np.asarray(real_deltas, np.float64)
   return np.abs(d - d.mean(axis=0)).sum(axis=1)
+
+
+def evaluate_options(evaluate: Callable, labels, control: str) -> dict:
+  """Keyword options that make `tb.evaluate` rank like cell-eval's discrimination score.
+
+  L1 distances between deltas to each file's own control, and, where this
+  version of `tb.evaluate` has `target_genes`, each perturbation's own gene
+  (the one named like its label) left out of its distances.
+
+  Args:
+    evaluate: `tb.evaluate` (inspected for `target_genes`).
+    labels: perturbation labels of the real cells.
+    control: the control label (never a target).
+  """
+  options = dict(metric="l1", delta="pred_control")
+  if "target_genes" in inspect.signature(evaluate).parameters:
+    names = sorted({str(v) for v in np.asarray(labels).tolist()} - {str(control)})
+    options["target_genes"] = {name: name for name in names}
+  return options

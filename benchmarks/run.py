@@ -15,6 +15,8 @@ Runs, in this order (each part can be skipped with ``--skip``):
 
 Writes `OUT/benchmarks.json` (every number), `OUT/benchmarks.md` (markdown
 tables), `OUT/benchmark_scaling.png` and `OUT/cell_eval_mean_baseline.png`.
+``--only PART,...`` reruns some parts and keeps the others' results from
+`OUT/benchmarks.json`.
 `OUT` is `docs/` for ``--full`` and `benchmarks/_out/<mode>/` otherwise.
 Timings are wall-clock medians on whatever machine runs this; the page
 records the machine, the versions and the load average.
@@ -110,28 +112,31 @@ def headline(results: dict) -> list[list]:
     t = r["timing"]
     rows.append([f"`tb.evaluate` vs cell-eval discrimination score, {r['n_perturbations']} "
                  "perturbations x 2,000 genes",
-                 f"{t['cell_eval_s'] / t['evaluate_s']:.0f}x faster "
+                 f"{t['cell_eval_s'] / t['evaluate_s']:.1f}x "
                  f"({t['evaluate_s']:.2f} s vs {t['cell_eval_s']:.1f} s)",
                  "in memory, after JIT warm-up"])
     if "metric_s" in t:
       rows.append([f"metric step alone (L1 + ranks from the deltas), {r['n_perturbations']} "
                    "perturbations",
-                   f"{t['cell_eval_metric_s'] / t['metric_s']:.0f}x faster "
+                   f"{t['cell_eval_metric_s'] / t['metric_s']:.0f}x "
                    f"({1e3 * t['metric_s']:.0f} ms vs {t['cell_eval_metric_s']:.1f} s)",
                    "pseudobulks excluded on both sides"])
     c = r.get("cli", {})
     if c and "wall_s" in c.get("twinbench", {}):
       rows.append([f"`twinbench evaluate` vs `cell-eval run --profile pds`, {r['n_perturbations']} "
                    "perturbations",
-                   f"{c['cell_eval']['wall_s'] / c['twinbench']['wall_s']:.1f}x faster "
+                   f"{c['cell_eval']['wall_s'] / c['twinbench']['wall_s']:.1f}x "
                    f"({c['twinbench']['wall_s']:.1f} s vs {c['cell_eval']['wall_s']:.1f} s)",
                    "command line end to end, incl. imports"])
   for r in ce:
     a = r["agreement"]
-    rows.append([f"agreement with cell-eval scores ({r['name']}, {r['n_perturbations']} perts)",
-                 f"{r['n_perturbations'] - a['differ_x64']}/{r['n_perturbations']} identical "
-                 f"(x64), {r['n_perturbations'] - a['differ_float32']}/{r['n_perturbations']} "
-                 "(float32)", "per-perturbation score"])
+    p = r["n_perturbations"]
+    text = (f"reproduction: {p - a['differ_x64']}/{p} identical (x64), "
+            f"{p - a['differ_float32']}/{p} (float32)")
+    if a.get("evaluate_target_genes"):
+      text += f"; `tb.evaluate` ranks: {p - a['differ_evaluate_rank']}/{p}"
+    rows.append([f"agreement with cell-eval ({r['name']}, {p} perturbations)", text,
+                 "per-perturbation score / rank"])
   big = [r for r in ce if r["name"] != "papalexi"]
   if big:
     r = max(big, key=lambda r: r["n_perturbations"])
@@ -168,9 +173,13 @@ def write_report(results: dict, out_dir: str) -> str:
            f"noisy). Versions: twinbench_jax {info.get('twinbench_jax')}, jax {info.get('jax')}, "
            f"numpy {info.get('numpy')}, Python {info.get('python')}"
            + (f", cell-eval {results['cell_eval_version']}" if results.get("cell_eval_version")
-              else "") + ".", "",
-           "## Headline", "",
-           _common.md_table(["what", "result", "condition"], headline(results)), ""]
+              else "") + ".", ""]
+  for r in results.get("reruns", []):
+    lines += [f"Rerun later with `--only {','.join(r['parts'])}` on {r['date']} (load average "
+              f"{r.get('load_average')}).", ""]
+  lines += ["## Headline", "",
+            "Speed ratios are cell-eval's time / ours (above 1: ours is faster).", "",
+            _common.md_table(["what", "result", "condition"], headline(results)), ""]
   titles = dict(core="Core pipeline (`bench_core.py`)", null="Null engine (`bench_null.py`)",
                 soft="Differentiable AUC-F1 (`bench_soft.py`)",
                 evaluate="End-to-end `evaluate` (`bench_evaluate.py`)")
@@ -220,6 +229,8 @@ def main(argv=None) -> int:
   parser.add_argument("--out", default=None, help="output folder (default: docs/ for --full, "
                       "benchmarks/_out/<mode>/ otherwise)")
   parser.add_argument("--skip", default="", help=f"comma-separated parts to skip: {','.join(PARTS)}")
+  parser.add_argument("--only", default="", help="comma-separated parts to run; the others keep "
+                      "their results from OUT/benchmarks.json when it exists (rerun one part)")
   parser.add_argument("--cell-eval-python", default=os.environ.get("TWINBENCH_CELL_EVAL_PYTHON"),
                       help="interpreter of an environment with cell-eval (default: this one; "
                            "env TWINBENCH_CELL_EVAL_PYTHON)")
@@ -231,18 +242,33 @@ def main(argv=None) -> int:
                          else os.path.join(_common.REPO, "benchmarks", "_out", mode))
   os.makedirs(out_dir, exist_ok=True)
   skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-  unknown = skip - set(PARTS)
+  only = {s.strip() for s in args.only.split(",") if s.strip()}
+  unknown = (skip | only) - set(PARTS)
   if unknown:
-    parser.error(f"unknown part(s) in --skip: {sorted(unknown)}; choose from {PARTS}")
+    parser.error(f"unknown part(s): {sorted(unknown)}; choose from {PARTS}")
+  if only and skip:
+    parser.error("give either --only or --skip, not both")
+  if only:
+    skip = set(PARTS) - only
 
   t_start = time.perf_counter()
 
   def log(msg):
     print(f"[{time.perf_counter() - t_start:6.0f} s] {msg}", flush=True)
 
-  results = dict(mode=mode, command=f"python -m benchmarks.run --{mode}",
-                 date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+  now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+  results = dict(mode=mode, command=f"python -m benchmarks.run --{mode}", date=now,
                  machine=_common.machine_info())
+  previous = os.path.join(out_dir, "benchmarks.json")
+  if only and os.path.isfile(previous):
+    with open(previous) as f:
+      kept = json.load(f)
+    if kept.get("mode") == mode:
+      reruns = kept.get("reruns", []) + [dict(parts=sorted(only), date=now,
+                                              load_average=results["machine"].get("load_average"))]
+      results = dict(kept, reruns=reruns)
+      for part in only:
+        results.pop(part, None)
   for part in ("core", "null", "soft", "evaluate"):
     if part not in skip:
       results[part] = run_script(part, mode, log)
@@ -275,7 +301,10 @@ def main(argv=None) -> int:
     except Exception as e:
       results["cell_eval"] = dict(error=f"{type(e).__name__}: {e}")
       log(f"cell_eval: FAILED ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
-  results["total_s"] = time.perf_counter() - t_start
+  if results.get("reruns") and results["reruns"][-1]["date"] == now:
+    results["reruns"][-1]["seconds"] = time.perf_counter() - t_start
+  else:
+    results["total_s"] = time.perf_counter() - t_start
   if isinstance(results.get("scaling"), dict) and "error" in results["scaling"]:
     results.pop("scaling_plot", None)
   write_report(results, out_dir)

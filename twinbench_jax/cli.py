@@ -145,6 +145,52 @@ def _read_gene_file(path: str) -> list[str]:
   return genes
 
 
+# Header words of a --target-genes file's first row (case-insensitive), skipped when present.
+_TARGET_HEADER = ({"perturbation", "label", "pert", "perturbation_label"},
+                  {"gene", "genes", "target", "targets", "target_gene", "target_genes"})
+
+
+def _read_target_file(path: str) -> dict[str, list[str]]:
+  """A two-column CSV/TSV of perturbation,gene (one row per target) -> label -> genes."""
+  import csv
+
+  with open(path, newline="") as f:
+    lines = [(i, line) for i, line in enumerate(f, start=1)
+             if line.strip() and not line.lstrip().startswith("#")]
+  if not lines:
+    raise UsageError(f"--target-genes: {path!r} lists no targets (two columns: "
+                     "perturbation,gene; one row per target)")
+  delimiter = "\t" if "\t" in lines[0][1] else ","
+  mapping: dict[str, list[str]] = {}
+  rows = csv.reader([line for _, line in lines], delimiter=delimiter)
+  for n, ((lineno, _), row) in enumerate(zip(lines, rows)):
+    row = [v.strip() for v in row]
+    if len(row) != 2 or not all(row):
+      raise UsageError(f"--target-genes: {path!r} line {lineno}: expected two non-empty "
+                       f"columns perturbation{'<tab>' if delimiter != ',' else ','}gene, got "
+                       f"{row}")
+    if n == 0 and row[0].lower() in _TARGET_HEADER[0] and row[1].lower() in _TARGET_HEADER[1]:
+      continue
+    mapping.setdefault(row[0], []).append(row[1])
+  if not mapping:
+    raise UsageError(f"--target-genes: {path!r} has a header but no targets")
+  return mapping
+
+
+def _target_genes_arg(value: Optional[str]):
+  """--target-genes FILE or obs:COLUMN -> the `target_genes` of `tb.evaluate`."""
+  if value is None:
+    return None
+  if value.startswith("obs:"):
+    if not value[len("obs:"):]:
+      raise UsageError("--target-genes obs:COLUMN needs a column name, e.g. obs:grna_target")
+    return value
+  if not os.path.isfile(value):
+    raise UsageError(f"--target-genes: file not found: {value!r} (give a two-column CSV/TSV "
+                     "file perturbation,gene or obs:COLUMN)")
+  return _read_target_file(value)
+
+
 def _null_arg(values: list[str]):
   if values == ["label"]:
     return "label"
@@ -184,6 +230,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not os.path.isfile(path):
       raise UsageError(f"{flag}: file not found: {path!r}")
   genes = _read_gene_file(args.genes) if args.genes else None
+  target_genes = _target_genes_arg(args.target_genes)
   null = _null_arg(args.null)
   wanted = _baselines_arg(args.baselines)
   _probe_output(args.out)
@@ -194,7 +241,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
       control=False if args.no_control else args.control,
       include_control=args.include_control, layer=args.layer, pred_layer=args.pred_layer,
       normalize=args.normalize, pred_normalize=args.pred_normalize, genes=genes,
-      n_top_genes=args.n_top_genes, strict_genes=args.strict_genes, delta=args.delta,
+      n_top_genes=args.n_top_genes, strict_genes=args.strict_genes, target_genes=target_genes,
+      delta=args.delta,
       unmatched=args.unmatched, metric=args.metric, k=args.k, null=null, n_null=args.n_null,
       seed=args.seed, baselines=wanted, chunk_size=args.chunk_size, progress=not args.quiet,
       name=args.name)
@@ -419,6 +467,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="evaluate on the N genes that vary most across real profiles")
   expr.add_argument("--strict-genes", action="store_true",
                     help="error when the files' genes differ (default: use the shared genes)")
+  expr.add_argument("--target-genes", metavar="FILE|obs:COLUMN", default=None,
+                    help="leave each perturbation's own target gene(s) out of its distances "
+                    "(a knockout trivially lowers its target), for the model and every "
+                    "baseline: FILE is a two-column CSV/TSV perturbation,gene with one row per "
+                    "target (optional header), or obs:COLUMN names the obs column of --real "
+                    "holding each cell's target gene (e.g. obs:grna_target). Targets outside "
+                    "the evaluated genes are ignored with a note; unknown perturbations are an "
+                    "error")
   score = ev.add_argument_group("scoring")
   score.add_argument("--metric", choices=similarity_lib.METRICS, default="sqeuclidean",
                      help="similarity between profiles (default sqeuclidean)")

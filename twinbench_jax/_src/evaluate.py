@@ -82,7 +82,8 @@ class Report:
       ``pvalue``, ``pvalue_bh`` (Benjamini–Hochberg), ``called``
       (``pvalue <= 0.05``), ``correct`` (``rank <= k``), ``own_score``,
       ``top1`` (the real perturbation ranked first), ``n_cells_pred``,
-      ``n_cells_real``.
+      ``n_cells_real``; with `target_genes`, also ``excluded_genes`` (the
+      genes left out of that row's distances, joined by ``;``).
     curves: name (``"model"`` and each baseline) → `AucF1Result` of numpy
       arrays: the F1(α) step curve and its area (SPEC §4).
     baseline_tables: baseline name → its per-perturbation table (same columns).
@@ -204,7 +205,7 @@ _HEADLINE = ("auc_f1", "hit_at_1", "mrr", "mean_rank", "fraction_called", "n_que
 # ----------------------------------------------------------------------------- scoring
 
 
-def _score_kernel(x, y, truth, rows, *, metric, k, ties):
+def _score_kernel(x, y, truth, rows, exclude, *, metric, k, ties):
   """Every number of one predictor in a single compiled kernel.
 
   Similarities, truth ranks, own scores, label-null p-values, popularity,
@@ -220,11 +221,23 @@ def _score_kernel(x, y, truth, rows, *, metric, k, ties):
       one profile for every query points every query at row 0, so its queries
       get bitwise identical scores (a batched matmul may round identical rows
       differently) and the label null gives p = 1, AUC-F1 = 0 exactly.
+    exclude: None, or `[Q, T]` int32 indices of each query's target genes
+      (padded with -1), left out of that query's similarities (SPEC §7). Query
+      `q`'s row of `s` is compared on its kept genes; so is every own score
+      against its truth in the label null (`cross[:, j]` uses query `j`'s kept
+      genes), so a predictor that says the same for every query still gets
+      p = 1.
   """
-  s = similarity_lib._similarity(x, y, metric=metric)[rows]
+  if exclude is None:
+    s = similarity_lib._similarity(x, y, metric=metric)[rows]
+    cross = s[:, truth]  # [i, j]: own score of prediction i against the truth of query j
+  else:
+    s = similarity_lib._similarity_excluded(x[rows], y, exclude, None, metric=metric)
+    # Truth j against every prediction on query j's kept genes (the metrics are symmetric).
+    cross = similarity_lib._similarity_excluded(y[truth], x, exclude, None,
+                                                metric=metric)[:, rows].T
   rel = jnp.arange(s.shape[1])[None, :] == truth[:, None]
   ranks = ranking._truth_ranks(s, rel, ties=ties)
-  cross = s[:, truth]  # [i, j]: own score of prediction i against the truth of query j
   p_label = pvalues_lib._label_permutation_pvalues(cross)
   top1 = jnp.argmax(validation.nan_to_neg_inf(s), axis=1)
   popularity = ranking.top1_counts(s)
@@ -244,9 +257,9 @@ _score_jit_small = jax.jit(_score_kernel, static_argnames=_STATIC,
 _SMALL = 1 << 21
 
 
-def _run_score_kernel(x, y, truth, rows, **kwargs):
+def _run_score_kernel(x, y, truth, rows, exclude, **kwargs):
   small = (x.shape[0] + y.shape[0]) * x.shape[1] <= _SMALL
-  return (_score_jit_small if small else _score_jit)(x, y, truth, rows, **kwargs)
+  return (_score_jit_small if small else _score_jit)(x, y, truth, rows, exclude, **kwargs)
 
 
 def _finish(p, ranks, k):
@@ -308,11 +321,15 @@ class _Scored:
     }
 
 
-def _score(labels, x, y, truth, rows, *, metric, k, ties) -> _Scored:
-  """Scores predictions `x[rows]` against references `y` with the label null."""
+def _score(labels, x, y, truth, rows, *, metric, k, ties, exclude=None) -> _Scored:
+  """Scores predictions `x[rows]` against references `y` with the label null.
+
+  `exclude`: None or `[Q, T]` target gene indices per query (see `_score_kernel`).
+  """
   ranks, own, p, top1, pop, g, curve, bh = _run_score_kernel(
       jnp.asarray(x, _float()), jnp.asarray(y, _float()), jnp.asarray(truth, jnp.int32),
-      jnp.asarray(rows, jnp.int32), metric=metric, k=k, ties=ties)
+      jnp.asarray(rows, jnp.int32), None if exclude is None else jnp.asarray(exclude, jnp.int32),
+      metric=metric, k=k, ties=ties)
   return _Scored(np.asarray(labels), np.asarray(ranks, np.float64), np.asarray(own, np.float64),
                  np.asarray(p, np.float64), np.asarray(bh, np.float64), np.asarray(top1),
                  np.asarray(pop, np.float64), float(g), _curve_to_numpy(curve))
@@ -431,14 +448,14 @@ class _LazyNullProfiles:
       what = f"replicate {reps[r]!r} of " if len(reps) > 1 else ""
       raise ValueError(f"null {what}`{name}` has no prediction for {ctx.queries[q]!r}")
     out = sums[:, gidx].reshape(len(reps), nq, -1) / counts[:, :, None]
-    out = ctx.transform_pred(out).astype(_float())
+    out = ctx.fill_excluded(ctx.transform_pred(out)).astype(_float())
     self._cache = (i, out)
     return out
 
   def _one(self, b: int) -> np.ndarray:
     if self._array is not None:
       x = np.asarray(self._array[b], np.float64)[:, self._ctx.pred_gene_idx]
-      return self._ctx.transform_pred(x).astype(_float())
+      return self._ctx.fill_excluded(self._ctx.transform_pred(x)).astype(_float())
     i = int(np.searchsorted(self._offsets, b, side="right") - 1)
     return self._file_profiles(i)[b - self._offsets[i]]
 
@@ -451,10 +468,15 @@ class _LazyNullProfiles:
     return self._one(int(index))
 
 
-def _transformed_call(func, gene_idx, reference, args, kwargs, inputs):
-  """`func(*args, inputs, **kwargs)` on the evaluated genes, minus the delta reference."""
+def _transformed_call(func, gene_idx, reference, keep, metric, args, kwargs, inputs):
+  """`func(*args, inputs, **kwargs)` on the evaluated genes, minus the delta reference.
+
+  With `keep` (`[Q, G]`, target genes excluded) the excluded genes are filled
+  as in `_fill_excluded`.
+  """
   out = jnp.asarray(func(*args, inputs, **kwargs))[:, gene_idx]
-  return out if reference is None else out - reference
+  out = out if reference is None else out - reference
+  return out if keep is None else _fill_excluded(out, keep, metric, jnp)
 
 
 def _model_pvalues(ctx: "_Context", predictions, *, predict_fn, inputs, n_null, key, randomize,
@@ -464,14 +486,18 @@ def _model_pvalues(ctx: "_Context", predictions, *, predict_fn, inputs, n_null, 
 
   gene_idx = jnp.asarray(ctx.pred_gene_idx, jnp.int32)
   ref = None if ctx.pred_reference is None else jnp.asarray(ctx.pred_reference, _float())
+  keep = None if ctx.null_keep is None else jnp.asarray(ctx.null_keep)
   # A partial keeps the model's own partial arguments (its parameters) traced, not constants.
   if isinstance(predict_fn, functools.partial):
-    predict = functools.partial(_transformed_call, predict_fn.func, gene_idx, ref,
-                                predict_fn.args, predict_fn.keywords or {})
+    predict = functools.partial(_transformed_call, predict_fn.func, gene_idx, ref, keep,
+                                ctx.metric, predict_fn.args, predict_fn.keywords or {})
   else:
-    predict = functools.partial(_transformed_call, predict_fn, gene_idx, ref, (), {})
-  res = nulls.model_null(predict, inputs, ctx.references, ctx.relevance, key=key, n_null=n_null,
-                         randomize=randomize, metric=ctx.metric, progress=progress)
+    predict = functools.partial(_transformed_call, predict_fn, gene_idx, ref, keep, ctx.metric,
+                                (), {})
+  predictions = ctx.fill_excluded(predictions)
+  res = nulls.model_null(predict, inputs, ctx.null_references(), ctx.relevance, key=key,
+                         n_null=n_null, randomize=randomize, metric=ctx.metric,
+                         progress=progress)
   observed = np.asarray(predict(inputs))
   if observed.shape != predictions.shape or not np.allclose(observed, predictions, rtol=1e-4,
                                                             atol=1e-5):
@@ -499,8 +525,9 @@ def _query_pvalues(kind, null, ctx, predictions, model, *, n_null, predict_fn, i
   from twinbench_jax._src import nulls
 
   lazy = _LazyNullProfiles(null, ctx, n_null)
-  res = nulls.precomputed_null(np.asarray(predictions, _float()), lazy, ctx.references,
-                               ctx.relevance, metric=ctx.metric, progress=progress)
+  res = nulls.precomputed_null(np.asarray(ctx.fill_excluded(predictions), _float()), lazy,
+                               ctx.null_references(), ctx.relevance, metric=ctx.metric,
+                               progress=progress)
   return np.asarray(res.pvalues, np.float64), res.n_null
 
 
@@ -527,12 +554,45 @@ class _Context:
   metric: str
   chunk_size: Optional[int]
   null_replicate_key: str
+  null_keep: Optional[np.ndarray] = None  # [Q, G] bool: genes each query keeps (target_genes)
 
   def transform_pred(self, x: np.ndarray) -> np.ndarray:
     return x if self.pred_reference is None else x - self.pred_reference
 
   def transform_real(self, x: np.ndarray) -> np.ndarray:
     return x if self.real_reference is None else x - self.real_reference
+
+  def fill_excluded(self, x: np.ndarray) -> np.ndarray:
+    """`[..., Q, G]` predictions for the sampled nulls, target genes filled (`_fill_excluded`)."""
+    return x if self.null_keep is None else _fill_excluded(x, self.null_keep, self.metric, np)
+
+  def null_references(self):
+    """The references for the sampled nulls: each query's truth filled like its prediction."""
+    if self.null_keep is None:
+      return self.references
+    y = np.array(self.references)
+    truth = np.asarray(self.truth)
+    y[truth] = _fill_excluded(y[truth], self.null_keep, self.metric, np)
+    return jnp.asarray(y)
+
+
+def _fill_excluded(x, keep, metric: str, xp):
+  """`x` `[..., Q, G]` with the genes query `q` excludes (`~keep[q]`) set to a neutral value.
+
+  The sampled nulls (`tb.model_null`, `tb.precomputed_null`) score a replicate
+  by its own score against its query's truth only. Giving the excluded genes
+  the same neutral value in a prediction and in its truth makes that own score
+  over all genes equal the own score over the kept genes (SPEC §7), so the null
+  engine needs no exclusion of its own: 0 for the distances and cosine (the
+  terms vanish), and for Pearson each vector's mean over its kept genes (the
+  mean is unchanged and the centred values there are 0). `xp` is `np` or `jnp`.
+  """
+  if metric == "pearson":
+    n_kept = xp.maximum(keep.sum(axis=-1, keepdims=True), 1)
+    fill = xp.where(keep, x, 0.0).sum(axis=-1, keepdims=True) / n_kept
+  else:
+    fill = 0.0
+  return xp.where(keep, x, fill)
 
 
 def _check_delta(delta) -> Optional[str]:
@@ -543,6 +603,142 @@ def _check_delta(delta) -> Optional[str]:
   if delta not in DELTAS:
     raise ValueError(f"unknown `delta` {delta!r}; choose one of {DELTAS} (True = 'control')")
   return delta
+
+
+# ----------------------------------------------------------------------------- target genes
+
+
+def _check_target_genes(target_genes: Any) -> Any:
+  """`target_genes` checked before any data is read (SPEC §7).
+
+  Returns:
+    None, an `obs` column name (str), or a dict label -> tuple of gene names.
+  """
+  if target_genes is None:
+    return None
+  if isinstance(target_genes, str):
+    column = target_genes[len("obs:"):] if target_genes.startswith("obs:") else target_genes
+    if not column:
+      raise ValueError("`target_genes` names an empty obs column; give 'COLUMN' or "
+                       "'obs:COLUMN', or a mapping perturbation -> gene(s)")
+    return column
+  if isinstance(target_genes, pd.Series):
+    items = list(target_genes.items())  # a label may repeat: one row per target
+  elif isinstance(target_genes, Mapping):
+    items = list(target_genes.items())
+  else:
+    raise TypeError(
+        "`target_genes` must be None, a mapping perturbation label -> gene name(s), or the name "
+        f"of an obs column of adata_real holding each cell's target gene; got "
+        f"{type(target_genes).__name__}")
+  out: dict[str, list[str]] = {}
+  for label, value in items:
+    if value is None:
+      value = []
+    elif isinstance(value, str):
+      value = [value]
+    elif isinstance(value, Mapping) or not hasattr(value, "__iter__"):
+      raise TypeError(f"`target_genes`[{label!r}] must be a gene name or a list of gene names, "
+                      f"got {type(value).__name__}")
+    value = list(value)
+    bad = [g for g in value if not isinstance(g, str)]
+    if bad:
+      raise TypeError(f"`target_genes`[{label!r}] must hold gene names (str), got {bad[0]!r}")
+    out.setdefault(str(label), []).extend(value)
+  return {label: tuple(dict.fromkeys(g)) for label, g in out.items()}
+
+
+def _describe_target_spec(spec: Any) -> Optional[str]:
+  """How the report's settings record `target_genes`."""
+  if spec is None:
+    return None
+  if isinstance(spec, str):
+    return f"obs:{spec}"
+  return f"mapping of {len(spec)} perturbation(s)"
+
+
+def _target_map(spec, real, real_key, real_labels, pred, pred_key, known) -> Optional[dict]:
+  """Perturbation label -> target gene names, from the checked `target_genes`."""
+  if spec is None:
+    return None
+  if isinstance(spec, str):
+    per_cell = real.obs_strings(
+        spec, hint="Pass the obs column of adata_real that holds each cell's target gene as "
+        "`target_genes` (CLI: --target-genes obs:COLUMN), or a mapping perturbation -> gene(s).")
+    return {label: tuple(g) for label, g in
+            profiles_lib.targets_by_label(real_labels, per_cell).items()}
+  unknown = [label for label in spec if label not in known]
+  if unknown:
+    where = f"{real.where(f'obs[{real_key!r}]')} or {pred.where(f'obs[{pred_key!r}]')}"
+    raise ValueError(
+        f"`target_genes` names {len(unknown)} perturbation label(s) found in neither file: "
+        f"{profiles_lib._show(unknown)}; keys must be labels of {where} "
+        f"(labels: {profiles_lib._show(sorted(known))})")
+  return dict(spec)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Targets:
+  """Each perturbation's target genes among the evaluated genes (SPEC §7).
+
+  Attributes:
+    index_of: label -> positions of its targets in the evaluated genes.
+    gene_names: the evaluated gene names.
+    width: `T`, the most targets of one ranked perturbation (at least 1).
+  """
+
+  index_of: Mapping[str, tuple[int, ...]]
+  gene_names: np.ndarray
+  width: int
+
+  @classmethod
+  def build(cls, mapping: Mapping[str, Sequence[str]], queries, candidates, genes,
+            notes: list) -> Optional["_Targets"]:
+    """The targets of the ranked perturbations; notes the ignored genes. None: nothing left."""
+    genes = np.asarray(genes)
+    pos = pd.Index(genes)
+    used = list(dict.fromkeys([*queries, *candidates]))
+    index_of, ignored = {}, []
+    for label in used:
+      found = [g for g in mapping.get(label, ()) if g in pos]
+      ignored += [g for g in mapping.get(label, ()) if g not in pos]
+      if found:
+        index_of[label] = tuple(int(i) for i in pos.get_indexer(found))
+    if ignored:
+      ignored = list(dict.fromkeys(ignored))
+      notes.append(f"target_genes: {len(ignored)} target gene(s) of the ranked perturbations are "
+                   f"not among the {len(genes)} evaluated genes and are ignored: "
+                   f"{profiles_lib._show(ignored, 5)}")
+    with_targets = [q for q in queries if q in index_of]
+    if not index_of:
+      notes.append("target_genes: no target gene of a ranked perturbation is among the "
+                   "evaluated genes; nothing is excluded")
+      return None
+    n_genes = len({g for q in with_targets for g in index_of[q]})
+    notes.append(f"target_genes: {len(with_targets)} of the {len(queries)} queried "
+                 f"perturbations have their target gene(s) left out of their distances "
+                 f"({n_genes} gene(s) in all)")
+    return cls(index_of, genes, max(len(v) for v in index_of.values()))
+
+  def index(self, labels) -> np.ndarray:
+    """`[n, T]` int32 target gene positions of each label, padded with -1."""
+    out = np.full((len(labels), self.width), -1, np.int32)
+    for i, label in enumerate(labels):
+      idx = self.index_of.get(str(label), ())
+      out[i, :len(idx)] = idx
+    return out
+
+  def keep(self, labels, n_genes: int) -> np.ndarray:
+    """`[n, G]` bool: False at each label's target genes."""
+    keep = np.ones((len(labels), n_genes), bool)
+    for i, label in enumerate(labels):
+      keep[i, list(self.index_of.get(str(label), ()))] = False
+    return keep
+
+  def names(self, labels) -> list[str]:
+    """Each label's excluded genes, joined by ``;`` (empty when none)."""
+    return [";".join(self.gene_names[list(self.index_of.get(str(label), ()))])
+            for label in labels]
 
 
 def _split_seed(key: Optional[jax.Array], seed: int) -> int:
@@ -569,6 +765,7 @@ def evaluate(
     genes: Optional[Sequence[str]] = None,
     n_top_genes: Optional[int] = None,
     strict_genes: bool = False,
+    target_genes: Any = None,
     delta: Any = False,
     unmatched: str = "error",
     metric: str = "sqeuclidean",
@@ -620,6 +817,18 @@ def evaluate(
       perturbations (after normalisation).
     strict_genes: error when the files' gene sets differ (default: use the
       shared genes, with a note).
+    target_genes: leave each perturbation's own target gene(s) out of its
+      comparisons (SPEC §7: a knockout trivially lowers its target, which says
+      nothing about the rest of the response). Either a mapping perturbation
+      label -> gene name or list of gene names, or the name of an `obs`
+      column of `adata_real` holding each cell's target gene (e.g.
+      ``"grna_target"``, or the perturbation column itself when labels are
+      gene symbols; ``"obs:COLUMN"`` works too). Query `q`'s similarities to
+      every candidate, and the own scores against its truth in the null, are
+      computed without `q`'s targets (`tb.similarity(..., exclude=...)`); the
+      model and every baseline are treated the same. Target genes outside the
+      evaluated genes are ignored (with a note); a mapping label that is in
+      neither file is an error. Default: no exclusion.
     delta: compare changes instead of levels: `False`/``"none"``;
       ``"control"`` (or `True`): both files minus the *real* control profile;
       ``"pred_control"``: predictions minus the prediction file's own control
@@ -686,6 +895,7 @@ def evaluate(
     raise ValueError(f"`n_top_genes` must be >= 1, got {n_top_genes}")
   if unmatched not in profiles_lib.UNMATCHED:
     raise ValueError(f"unknown `unmatched` {unmatched!r}; choose one of {profiles_lib.UNMATCHED}")
+  target_spec = _check_target_genes(target_genes)
   notes: list[str] = []
 
   owned = []
@@ -701,11 +911,11 @@ def evaluate(
         control=control, include_control=include_control, layer=layer,
         pred_layer=layer if pred_layer is None else (None if pred_layer == "X" else pred_layer),
         norm_real=norm_real, norm_pred=norm_pred, genes=genes, n_top_genes=n_top_genes,
-        strict_genes=strict_genes, delta=delta, unmatched=unmatched, metric=metric, k=int(k),
-        ties=ties, null=null, null_kind=null_kind, n_null=n_null, predict_fn=predict_fn,
-        inputs=inputs, randomize=randomize, null_replicate_key=null_replicate_key, key=key,
-        seed=seed, baselines=wanted, chunk_size=chunk_size, progress=progress,
-        model_name=str(name), notes=notes)
+        strict_genes=strict_genes, target_spec=target_spec, delta=delta, unmatched=unmatched,
+        metric=metric, k=int(k), ties=ties, null=null, null_kind=null_kind, n_null=n_null,
+        predict_fn=predict_fn, inputs=inputs, randomize=randomize,
+        null_replicate_key=null_replicate_key, key=key, seed=seed, baselines=wanted,
+        chunk_size=chunk_size, progress=progress, model_name=str(name), notes=notes)
   finally:
     for src in owned:
       src.close()
@@ -713,10 +923,10 @@ def evaluate(
 
 
 def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, include_control,
-              layer, pred_layer, norm_real, norm_pred, genes, n_top_genes, strict_genes, delta,
-              unmatched, metric, k, ties, null, null_kind, n_null, predict_fn, inputs, randomize,
-              null_replicate_key, key, seed, baselines, chunk_size, progress, model_name,
-              notes) -> Report:
+              layer, pred_layer, norm_real, norm_pred, genes, n_top_genes, strict_genes,
+              target_spec, delta, unmatched, metric, k, ties, null, null_kind, n_null, predict_fn,
+              inputs, randomize, null_replicate_key, key, seed, baselines, chunk_size, progress,
+              model_name, notes) -> Report:
   # --- keys, labels, genes.
   real_key, control = profiles_lib.resolve_keys(real, perturbation_key, control)
   pred_key = pred_perturbation_key or real_key
@@ -764,6 +974,8 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
       drop_control(pred_uniq), drop_control(real_uniq), unmatched=unmatched,
       pred_name=pred.name, real_name=real.name)
   notes += label_notes
+  target_map = _target_map(target_spec, real, real_key, real_labels, pred, pred_key,
+                           set(real_uniq) | set(pred_uniq))
 
   # --- one streamed pass per file.
   real_groups = list(candidates) + ([control] if control is not None and control not in
@@ -800,6 +1012,8 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
       cand_profiles = real_full[:n_cand]
       notes.append(f"{n_top_genes} most variable genes across the real profiles")
   control_real = real_full[real_groups.index(control)] if control is not None else None
+  targets = (None if target_map is None else
+             _Targets.build(target_map, queries, candidates, shared, notes))
 
   # --- deltas (SPEC §7: the real control is the default reference for both files).
   real_ref = pred_ref = None
@@ -819,7 +1033,9 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
       pred_layer=pred_layer, pred_normalize=norm_pred, pred_reference=pred_ref,
       real_reference=real_ref, references=references, truth=jnp.asarray(truth, jnp.int32),
       relevance=rel, metric=metric, chunk_size=chunk_size,
-      null_replicate_key=null_replicate_key)
+      null_replicate_key=null_replicate_key,
+      null_keep=None if targets is None else targets.keep(queries, len(shared)))
+  q_exclude = None if targets is None else targets.index(queries)
   predictions = ctx.transform_pred(pred_full[:len(queries)])
   cand_n = n_real[:n_cand]
   query_n_real = cand_n[pd.Index(candidates).get_indexer(queries)]
@@ -828,7 +1044,7 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
   # --- the model.
   n_q = len(queries)
   model = _score(queries, predictions, references, truth, np.arange(n_q), metric=metric, k=k,
-                 ties=ties)
+                 ties=ties, exclude=q_exclude)
   if null_kind == "model":
     null_key = jax.random.fold_in(jax.random.key(seed) if key is None else key, 2)
   else:
@@ -851,7 +1067,7 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
       x = np.broadcast_to(ctx.transform_real(profile), (n_q, profile.shape[0]))
       n_pred = int(cand_n.sum()) if name == "mean" else int(n_real[real_groups.index(control)])
       scored[name] = _score(queries, x, references, truth, np.zeros(n_q), metric=metric, k=k,
-                            ties=ties)
+                            ties=ties, exclude=q_exclude)
       baseline_tables[name] = scored[name].table(candidates, k, np.full(n_q, n_pred),
                                                  query_n_real)
     elif name == "split_half":
@@ -869,11 +1085,14 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
       sh_q = np.asarray(candidates)[ok]
       scored[name] = _score(sh_q, ctx.transform_real(half_a), ctx.transform_real(half_b),
                             np.flatnonzero(ok), np.arange(len(sh_q)), metric=metric, k=k,
-                            ties=ties)
+                            ties=ties, exclude=None if targets is None else targets.index(sh_q))
       baseline_tables[name] = scored[name].table(candidates, k, n_a[ok], n_b[ok])
 
   # --- report.
   table = model.table(candidates, k, pcounts[:n_q], query_n_real)
+  if targets is not None:
+    for t in (table, *baseline_tables.values()):
+      t["excluded_genes"] = targets.names(t["perturbation"])
   popularity = pd.DataFrame({"perturbation": candidates, "n_cells": cand_n,
                              "top1_count": model.popularity})
   stats = model.stats(k, b)
@@ -899,6 +1118,7 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
           "normalize": norm_real, "pred_normalize": norm_pred,
           "genes": "given" if genes is not None else (
               f"top {n_top_genes} variable" if n_top_genes is not None else "all shared"),
+          "target_genes": _describe_target_spec(target_spec),
           "delta": delta, "unmatched": unmatched, "metric": metric, "ties": ties,
           "seed": seed, "pred": pred.name, "real": real.name, "name": model_name,
       },

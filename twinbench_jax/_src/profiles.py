@@ -83,6 +83,18 @@ class Source:
           f"{first}{' ...' if missing.sum() > 5 else ''}); label or remove them first.")
     return col.astype(str).to_numpy()
 
+  def obs_strings(self, key: str, hint: str = "") -> np.ndarray:
+    """`[n_obs]` object array of `obs[key]` as strings, None where a cell has no value."""
+    if key not in self.obs_keys:
+      raise ValueError(f"Could not find key {key!r} in {self.where('obs')}; available: "
+                       f"{self.obs_keys}.{' ' + hint if hint else ''}")
+    raw = self._read_obs(key)
+    col = pd.Series(raw if isinstance(raw, pd.Categorical) else np.asarray(raw))
+    missing = col.isna().to_numpy()
+    out = col.astype(str).str.strip().to_numpy(dtype=object)
+    out[missing | (out == "")] = None
+    return out
+
   def matrix(self, layer: Optional[str]):
     """The expression matrix (`X`, or `layers[layer]`), sliceable by row blocks."""
     where = "X" if layer is None else f"layers[{layer!r}]"
@@ -497,6 +509,25 @@ def align_perturbations(pred_labels: Sequence[str], real_labels: Sequence[str], 
                  f"{_show(only_real, 5)}")
   candidates = sorted(r) if unmatched == "keep_real" else sorted(both)
   return both, candidates, notes
+
+
+def targets_by_label(labels: np.ndarray, targets: np.ndarray) -> dict[str, list[str]]:
+  """Perturbation label -> the distinct targets of its cells, in order of first appearance.
+
+  Args:
+    labels: `[n_obs]` perturbation label of each cell.
+    targets: `[n_obs]` target gene of each cell (None: no target).
+
+  Returns:
+    A dict with an entry (possibly empty) for every label.
+  """
+  frame = pd.DataFrame({"label": np.asarray(labels, dtype=object),
+                        "target": np.asarray(targets, dtype=object)})
+  out: dict[str, list[str]] = {str(lab): [] for lab in pd.unique(frame["label"])}
+  pairs = frame.dropna().drop_duplicates()
+  for lab, tgt in zip(pairs["label"], pairs["target"]):
+    out[str(lab)].append(str(tgt))
+  return out
 
 
 def top_variable_genes(profiles: np.ndarray, genes: np.ndarray, n_top_genes: int) -> np.ndarray:

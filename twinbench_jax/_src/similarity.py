@@ -7,9 +7,11 @@ p-values and AUC-F1 never need to know which metric made the scores.
 from __future__ import annotations
 
 import functools
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from twinbench_jax._src import validation
 
@@ -19,6 +21,9 @@ METRICS = ("sqeuclidean", "euclidean", "l1", "cosine", "pearson")
 _L1_BLOCK_ELEMENTS = 1 << 24
 # Candidates per query whose squared distance is recomputed exactly after the matmul identity.
 _N_REFINE = 8
+# Entries of the `[Q, T, C]` gather of the candidates' values at the excluded genes up to
+# which the exclusion corrections are gathered; larger ones are matmuls with the mask.
+_GATHER_ELEMENTS = 1 << 24
 
 
 def similarity(
@@ -26,6 +31,7 @@ def similarity(
     references: jax.Array,
     *,
     metric: str = "sqeuclidean",
+    exclude: Optional[jax.Array] = None,
 ) -> jax.Array:
   r"""Similarity of every prediction to every reference profile; larger is closer.
 
@@ -49,11 +55,38 @@ def similarity(
   similarity 0 to everything. NaN in the inputs gives NaN scores; the ranking
   functions treat a NaN score as lower than any real score.
 
+  Per-query gene exclusion (SPEC §7: a knockout trivially lowers its own
+  target gene, so a perturbation's target genes can be left out of its
+  distances). With `K_q` the genes kept for query `q`, every metric above is
+  computed on the sub-vectors :math:`x_{q,K_q}` and :math:`y_{c,K_q}` against
+  every candidate `c` (Pearson centres over `K_q` too). Nothing of size
+  `[Q, C, G]` is built: the terms over all genes come from the same matmuls
+  as without exclusion (on `x` with its excluded genes zeroed) and the
+  candidate-side sums are corrected by the excluded genes only, an
+  `O(Q T C)` gather for `T` excluded genes per query (a `[Q, G] x [G, C]`
+  matmul with the mask when that gather would be large). The squared distance
+  keeps its exactness guard over the kept genes: a prediction identical to a
+  reference on `K_q` gets exactly 0. For cosine and Pearson the correction
+  subtracts the excluded genes from the candidate's norm, so when they hold
+  nearly all of it the result keeps fewer digits (about `eps / kept share`),
+  and a kept share below about `16 eps sqrt(G)` counts as a zero vector.
+  With `exclude`, whether a NaN at an excluded gene reaches the score is
+  unspecified.
+
   Args:
     predictions: `[Q, G]` predicted profiles.
     references: `[C, G]` real candidate profiles.
     metric: one of ``"sqeuclidean"``, ``"euclidean"``, ``"l1"``, ``"cosine"``,
       ``"pearson"``.
+    exclude: genes to leave out, per query; `None` (default) compares on all
+      genes. Either a boolean `[Q, G]` mask (True = leave gene `g` out of
+      query `q`'s comparisons with every candidate) or integer `[Q, T]` gene
+      indices padded with -1 (the cheap form inside `jit`: static `T`).
+      A concrete mask is turned into indices (with `T` the largest number of
+      excluded genes of a query); a traced mask uses the matmul corrections.
+      Repeated indices count once; traced indices outside `[0, G)` are
+      ignored (concrete ones are an error). A concrete `exclude` that
+      excludes nothing gives exactly the result of `exclude=None`.
 
   Returns:
     `[Q, C]` similarities, larger = closer.
@@ -63,6 +96,9 @@ def similarity(
     >>> x = jnp.array([[0., 1.], [2., 2.]])
     >>> tb.similarity(x, x)
     Array([[-0., -5.],
+           [-5., -0.]], dtype=float32)
+    >>> tb.similarity(x, x, exclude=jnp.array([[True, False], [False, False]]))
+    Array([[-0., -1.],
            [-5., -0.]], dtype=float32)
   """
   x = validation.as_float_array(predictions, "predictions", ndim=2)
@@ -74,7 +110,13 @@ def similarity(
   if metric not in METRICS:
     raise ValueError(f"unknown `metric` {metric!r}; choose one of {METRICS}")
   dtype = jnp.result_type(x.dtype, y.dtype)
-  return _similarity(x.astype(dtype), y.astype(dtype), metric=metric)
+  x, y = x.astype(dtype), y.astype(dtype)
+  if exclude is None:
+    return _similarity(x, y, metric=metric)
+  idx, mask = check_exclude(exclude, x.shape[0], x.shape[1])
+  if idx is None and mask is None:  # a concrete exclusion that leaves every gene in
+    return _similarity(x, y, metric=metric)
+  return _similarity_excluded(x, y, idx, mask, metric=metric)
 
 
 @functools.partial(jax.jit, static_argnames=("metric",))
@@ -168,3 +210,208 @@ def _unit_rows(a: jax.Array) -> jax.Array:
 
 def _cosine(x: jax.Array, y: jax.Array) -> jax.Array:
   return _matmul_t(_unit_rows(x), _unit_rows(y))
+
+
+# ----------------------------------------------------------------------------- gene exclusion
+
+
+def check_exclude(exclude: Any, n_queries: int, n_genes: int
+                  ) -> tuple[Optional[jax.Array], Optional[jax.Array]]:
+  """Validates `exclude` (SPEC §7) as `(indices [Q, T] or None, mask [Q, G] or None)`.
+
+  A concrete boolean mask becomes indices padded with -1 (`T` = the most genes
+  a query excludes). `(None, None)` means a concrete `exclude` that excludes
+  nothing. A traced boolean mask comes back as the mask.
+  """
+  traced = not validation.is_concrete(exclude)
+  if not traced and not isinstance(exclude, jax.Array):
+    exclude = np.asarray(exclude)
+  dtype = getattr(exclude, "dtype", None)
+  if dtype == np.bool_:
+    if tuple(exclude.shape) != (n_queries, n_genes):
+      raise ValueError(
+          f"`exclude` as a boolean mask must have shape (Q, G) = ({n_queries}, {n_genes}) "
+          f"(True = leave gene g out of query q's comparisons), got {tuple(exclude.shape)}")
+    if traced:
+      return None, exclude
+    mask = np.asarray(exclude)
+    counts = mask.sum(axis=1)
+    t = int(counts.max(initial=0))
+    if t == 0:
+      return None, None
+    order = np.argsort(~mask, axis=1, kind="stable")[:, :t]
+    idx = np.where(np.arange(t)[None, :] < counts[:, None], order, -1)
+    return jnp.asarray(idx, jnp.int32), None
+  if dtype is not None and jnp.issubdtype(dtype, jnp.integer):
+    if exclude.ndim != 2 or exclude.shape[0] != n_queries:
+      raise ValueError(
+          f"`exclude` as gene indices must have shape (Q, T) = ({n_queries}, T), padded with "
+          f"-1; got {tuple(exclude.shape)}")
+    if traced:
+      return exclude.astype(jnp.int32), None
+    idx = np.asarray(exclude)
+    bad = (idx < -1) | (idx >= n_genes)
+    if bad.any():
+      q, t = (int(i) for i in np.argwhere(bad)[0])
+      raise ValueError(
+          f"`exclude` holds {int(bad.sum())} gene index(es) outside [0, {n_genes}) (-1 pads), "
+          f"first {int(idx[q, t])} at query {q}")
+    if not (idx >= 0).any():
+      return None, None
+    return jnp.asarray(idx, jnp.int32), None
+  raise TypeError(
+      "`exclude` must be a boolean [Q, G] mask or integer [Q, T] gene indices padded with -1, "
+      f"got {type(exclude).__name__}" + (f" of dtype {dtype}" if dtype is not None else ""))
+
+
+class _Exclusion(NamedTuple):
+  """Which genes each query keeps, in the two forms the kernels use."""
+
+  keep: jax.Array  # [Q, G] bool, False = excluded
+  idx: Optional[jax.Array]  # [Q, T] int32 gene index (0 where not valid); None: matmul form
+  valid: Optional[jax.Array]  # [Q, T] bool: a real, first occurrence of a gene index
+
+
+def _exclusion(idx: Optional[jax.Array], mask: Optional[jax.Array], n_cand: int,
+               n_genes: int) -> _Exclusion:
+  """The `[Q, G]` keep mask, and the indices for the gather unless `[Q, T, C]` is too large."""
+  if idx is None:
+    return _Exclusion(~mask, None, None)
+  q, t = idx.shape
+  valid = (idx >= 0) & (idx < n_genes)
+  # A gene listed twice is excluded (and corrected) once.
+  earlier = jnp.tril(jnp.ones((t, t), bool), -1)  # [t, t']: t' < t
+  repeat = jnp.any((idx[:, :, None] == idx[:, None, :]) & earlier[None] & valid[:, None, :],
+                   axis=2)
+  valid = valid & ~repeat
+  rows = jnp.arange(q)[:, None]
+  keep = jnp.ones((q, n_genes), bool).at[rows, jnp.where(valid, idx, n_genes)].set(
+      False, mode="drop")
+  if q * t * n_cand > _GATHER_ELEMENTS:
+    return _Exclusion(keep, None, None)
+  return _Exclusion(keep, jnp.where(valid, idx, 0), valid)
+
+
+def _kept_sums(a: jax.Array, ex: _Exclusion) -> jax.Array:
+  """`[Q, C]`: sum of candidate row `a[c]` `[C, G]` over the genes query `q` keeps."""
+  if ex.idx is None:
+    return _matmul_t(ex.keep.astype(a.dtype), a)
+  q, t = ex.idx.shape
+  # Columns gathered from `a` as it is (faster on CPU than rows of its transpose).
+  gathered = jnp.take(a, ex.idx.reshape(-1), axis=1).reshape(a.shape[0], q, t)  # [C, Q, T]
+  dropped = jnp.sum(jnp.where(ex.valid[None], gathered, 0.0), axis=2).T
+  return jnp.sum(a, axis=1)[None, :] - dropped
+
+
+@functools.partial(jax.jit, static_argnames=("metric",))
+def _similarity_excluded(x: jax.Array, y: jax.Array, idx: Optional[jax.Array],
+                         mask: Optional[jax.Array], *, metric: str) -> jax.Array:
+  """`[Q, C]` similarities with query `q`'s excluded genes left out (SPEC §1, §7).
+
+  Args:
+    x: `[Q, G]` predictions.
+    y: `[C, G]` references.
+    idx: `[Q, T]` int excluded gene indices padded with -1, or None.
+    mask: `[Q, G]` bool, True = excluded; used when `idx` is None.
+  """
+  ex = _exclusion(idx, mask, y.shape[0], x.shape[1])
+  if metric == "sqeuclidean":
+    return -squared_distances_excluded(x, y, ex)
+  if metric == "euclidean":
+    return -_safe_sqrt(squared_distances_excluded(x, y, ex))
+  if metric == "l1":
+    return -_blocked_kept(x, y, ex.keep, lambda a, b, k: jnp.sum(
+        jnp.where(k, jnp.abs(a - b), 0.0), axis=-1))
+  if metric in ("cosine", "pearson"):
+    return _cosine_excluded(x, y, ex, centre=metric == "pearson")
+  raise AssertionError(metric)  # checked by the caller
+
+
+def squared_distances_excluded(x: jax.Array, y: jax.Array, ex: _Exclusion) -> jax.Array:
+  r"""`[Q, C]` squared distances over each query's kept genes, guarded as `squared_distances`.
+
+  The identity :math:`\|x_K\|^2 + \|y_K\|^2 - 2 x_K \cdot y` with `x_K` the
+  centred prediction zeroed at its excluded genes (one augmented matmul) and
+  :math:`\|y_K\|^2` the candidate's norm minus its excluded genes; then the
+  closest candidates are recomputed exactly over the kept genes, with the same
+  exact fallback when too many entries are within rounding of 0.
+  """
+  centre = jnp.mean(jnp.where(jnp.isfinite(y), y, 0.0), axis=0)
+  xk = jnp.where(ex.keep, x - centre, 0.0)
+  yc = y - centre
+  ones_y = jnp.ones((y.shape[0], 1), y.dtype)
+  xk2 = jnp.sum(xk * xk, axis=1, keepdims=True)
+  xa = jnp.concatenate([xk, xk2], axis=1)
+  ya = jnp.concatenate([-2.0 * yc, ones_y], axis=1)
+  # Barriers keep the masking out of the dot's operands and the correction out of its
+  # epilogue (a bare dot is much faster on XLA's CPU backend, see `squared_distances`).
+  xa, ya = jax.lax.optimization_barrier((xa, ya))
+  d = jax.lax.optimization_barrier(_matmul_t(xa, ya))
+  d = jnp.maximum(d + _kept_sums(yc * yc, ex), 0.0)
+  n_refine = min(_N_REFINE, y.shape[0])
+  if n_refine == 0 or x.shape[0] == 0:
+    return d
+  _, top = jax.lax.top_k(-d, n_refine)  # [Q, r]
+  rows = jnp.arange(x.shape[0])[:, None]
+
+  def exact(j):
+    diff = x - jnp.take(y, top[:, j], axis=0)
+    return jnp.sum(jnp.where(ex.keep, diff * diff, 0.0), axis=1)
+
+  refined = jax.lax.map(exact, jnp.arange(n_refine)).T  # [Q, r]
+  d = d.at[rows, top].set(refined)
+  norms = xk2 + jnp.sum(yc * yc, axis=1)[None, :]
+  bound = 16.0 * jnp.finfo(d.dtype).eps * jnp.sqrt(x.shape[1] + 2.0) * norms
+  uncertain = jnp.sum(d <= bound, axis=1)
+  return jax.lax.cond(
+      jnp.any(uncertain > n_refine),
+      lambda: _blocked_kept(x, y, ex.keep, lambda a, b, k: jnp.sum(
+          jnp.where(k, (a - b) ** 2, 0.0), axis=-1)),
+      lambda: d)
+
+
+def _blocked_kept(x: jax.Array, y: jax.Array, keep: jax.Array, pair_fn) -> jax.Array:
+  """`pair_fn(x[:, None], y[None], keep[:, None])` over blocks of queries (as `_blocked`)."""
+  q, g = x.shape
+  c = y.shape[0]
+  if q == 0 or c == 0:
+    return jnp.zeros((q, c), x.dtype)
+  block = max(1, min(q, _L1_BLOCK_ELEMENTS // max(1, c * g)))
+  n_blocks = -(-q // block)
+  pad = ((0, n_blocks * block - q), (0, 0))
+  xp = jnp.pad(x, pad).reshape(n_blocks, block, g)
+  kp = jnp.pad(keep, pad).reshape(n_blocks, block, g)
+  one_block = lambda xk: pair_fn(xk[0][:, None, :], y[None, :, :], xk[1][:, None, :])  # noqa: E731
+  return jax.lax.map(one_block, (xp, kp)).reshape(n_blocks * block, c)[:q]
+
+
+def _cosine_excluded(x: jax.Array, y: jax.Array, ex: _Exclusion, *, centre: bool) -> jax.Array:
+  """Cosine (Pearson when `centre`) of `x_q` and `y_c` over the genes query `q` keeps.
+
+  The prediction is zeroed at its excluded genes (and centred over its kept
+  genes) and scaled to unit norm; candidates are scaled to unit norm (after
+  centring over all genes, which leaves Pearson unchanged and keeps the
+  kept-gene mean small), and their kept-gene norm (and mean) come from
+  `_kept_sums`. With `u` the unit prediction (zero where excluded, summing
+  to 0 over kept genes for Pearson) and `v` a unit candidate,
+  ``u . v_K / |v_K - mean_K(v)|``. A candidate whose kept genes hold less than
+  about `16 eps sqrt(G)` of its unit norm counts as a zero vector there.
+  """
+  xk = jnp.where(ex.keep, x, 0.0)
+  if centre:
+    n_kept = jnp.sum(ex.keep, axis=1, keepdims=True).astype(x.dtype)  # [Q, 1]
+    mean = jnp.sum(xk, axis=1, keepdims=True) / jnp.maximum(n_kept, 1.0)
+    xk = jnp.where(ex.keep, x - mean, 0.0)
+    y = y - y.mean(axis=1, keepdims=True)
+  u, v = jax.lax.optimization_barrier((_unit_rows(xk), _unit_rows(y)))
+  dot = jax.lax.optimization_barrier(_matmul_t(u, v))  # a bare dot (see `squared_distances`)
+  norm2 = _kept_sums(v * v, ex)  # [Q, C]
+  if centre:
+    s1 = _kept_sums(v, ex)
+    norm2 = norm2 - s1 * s1 / jnp.maximum(n_kept, 1.0)
+  # The subtraction leaves rounding of the order of eps (v has unit norm): below that the
+  # candidate is a zero (constant, for Pearson) vector on the kept genes, similarity 0.
+  tol = 16.0 * jnp.finfo(x.dtype).eps * jnp.sqrt(x.shape[1] + 1.0)
+  ok = norm2 > tol  # NaN stays out
+  return jnp.where(ok, dot / jnp.sqrt(jnp.where(ok, norm2, 1.0)), jnp.where(jnp.isnan(norm2),
+                                                                            norm2, 0.0))
