@@ -232,7 +232,10 @@ def _score_batch(xb, valid, x_obs, own_obs, s_obs, ctx, *, metric, mode, candida
     # similarity: one large matmul, and no vmap around the core's data-dependent
     # branches (under vmap a `lax.cond` runs both of them).
     b, q, g = xb.shape
-    s = similarity_lib._similarity(xb.reshape(b * q, g), ctx["y"], metric=metric)
+    # The near-zero guard is skipped: a replicate row equal to the observed row
+    # is already counted as a tie (`_replicate_scores`), and elsewhere a
+    # rounding-level difference cannot turn a real difference into a tie.
+    s = similarity_lib._similarity(xb.reshape(b * q, g), ctx["y"], metric=metric, exact=False)
     s = s.reshape(b, q, -1)
   score = functools.partial(_replicate_scores, mode=mode, candidate_level=candidate_level)
   own, exceed = jax.vmap(score, in_axes=(0, 0, None, None, None, None))(
