@@ -50,10 +50,17 @@ def cross_own_scores(scores: jax.Array, relevance: jax.Array) -> jax.Array:
 
 
 def single_relevant(rel: jax.Array):
-  """True/False when a concrete `rel` has exactly one relevant candidate per row; None if traced."""
+  """How a concrete `rel` relates queries to truths, as a static kernel option.
+
+  ``"identity"``: query `q`'s only relevant candidate is `q`; True: exactly one
+  relevant candidate per query; False: otherwise; None: `rel` is traced.
+  """
   if not validation.is_concrete(rel):
     return None
-  return bool(np.all(np.asarray(rel).sum(axis=1) == 1))
+  r = np.asarray(rel)
+  if r.shape[0] == r.shape[1] and np.array_equal(r, np.eye(r.shape[0], dtype=bool)):
+    return "identity"
+  return bool(np.all(r.sum(axis=1) == 1))
 
 
 @functools.partial(jax.jit, static_argnames=("single",))
@@ -61,6 +68,8 @@ def _cross(s, rel, single=None):
   gather = lambda: s[:, jnp.argmax(rel, axis=1)]
   average = lambda: _mean_over_truths(s, rel)
   # One relevant candidate per query (pseudobulk) is a gather, not a (Q, C, Q) matmul.
+  if single == "identity":
+    return s
   if single is None:
     return jax.lax.cond(jnp.all(jnp.sum(rel, axis=1) == 1), gather, average)
   return gather() if single else average()

@@ -20,7 +20,7 @@ METRICS = ("sqeuclidean", "euclidean", "l1", "cosine", "pearson")
 # Entries of the |x - y| block materialised at once by the L1 kernel (64 MiB of float32).
 _L1_BLOCK_ELEMENTS = 1 << 24
 # Candidates per query whose squared distance is recomputed exactly after the matmul identity.
-_N_REFINE = 8
+_N_REFINE = 4
 # Entries of the `[Q, T, C]` gather of the candidates' values at the excluded genes up to
 # which the exclusion corrections are gathered; larger ones are matmuls with the mask.
 _GATHER_ELEMENTS = 1 << 24
