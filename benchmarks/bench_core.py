@@ -77,7 +77,7 @@ def numpy_pipeline(x, y):
 @jax.jit
 def jax_rank_pvalue_auc(s):
   rel = jnp.eye(s.shape[0], dtype=bool)
-  ranks = ranking._truth_ranks(s, rel, ties="average")
+  ranks = ranking._truth_ranks_identity(s, ties="average")
   p = pvalues_lib._label_permutation_pvalues(own_lib._cross(s, rel, single="identity"))
   return auc_lib._auc_f1(p, ranks <= 1, jnp.ones(p.shape, bool)).auc
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -300,3 +301,17 @@ def test_relevant_in_top_k_bounds_and_tie_rule_ordering(seed, k):
   assert np.all(pes <= avg + 1e-5) and np.all(avg <= opt + 1e-5)
   # k = C retrieves everything
   np.testing.assert_allclose(np.asarray(tb.relevant_in_top_k(s, rel, C)), rel.sum(1))
+
+
+@pytest.mark.parametrize("ties", ["average", "optimistic", "pessimistic"])
+def test_identity_relevance_kernel_equals_general_kernel_with_ties_and_nan(ties):
+  from twinbench_jax._src import ranking as ranking_src
+  rng = np.random.default_rng(11)
+  s = rng.integers(0, 3, size=(40, 40)).astype(np.float32)  # many exact ties
+  s[rng.random((40, 40)) < 0.1] = np.nan
+  s[3, 3] = np.nan
+  s[4, :] = np.nan
+  s[5, 5] = -np.inf
+  fast = ranking_src._truth_ranks_identity(jnp.asarray(s), ties=ties)
+  general = tb.truth_ranks(s, np.eye(40, dtype=bool), ties=ties)
+  np.testing.assert_array_equal(np.asarray(fast), np.asarray(general))

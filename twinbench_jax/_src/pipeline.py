@@ -102,7 +102,10 @@ def evaluate_arrays(
 @functools.partial(jax.jit, static_argnames=("metric", "k", "ties", "single"))
 def _evaluate_arrays(x, y, rel, *, metric, k, ties, single=None):
   s = similarity_lib._similarity(x, y, metric=metric)
-  ranks = ranking._truth_ranks(s, rel, ties=ties)
+  if single == "identity":
+    ranks = ranking._truth_ranks_identity(s, ties=ties)
+  else:
+    ranks = ranking._truth_ranks(s, rel, ties=ties)
   cross = own_lib._cross(s, rel, single=single)
   pvalues = pvalues_lib._label_permutation_pvalues(cross)
   correct = ranks <= k

@@ -80,6 +80,22 @@ def _truth_ranks(s: jax.Array, rel: jax.Array, *, ties: str) -> jax.Array:
   return jnp.where(jnp.any(rel, axis=1), ranks, jnp.nan)
 
 
+@functools.partial(jax.jit, static_argnames=("ties",))
+def _truth_ranks_identity(s: jax.Array, *, ties: str) -> jax.Array:
+  """`_truth_ranks` for the identity relevance (truth of query q = candidate q, `Q == C`).
+
+  The truth's score is the diagonal, so no masked maximum is needed: one pass
+  over `s`, then the diagonal's own tie weight is taken back out.
+  """
+  nan = jnp.isnan(s)
+  own = jnp.diagonal(s)
+  own = jnp.where(jnp.isnan(own), -jnp.inf, own)[:, None]
+  tie = (s == own) | (nan & (own == -jnp.inf))
+  w = _TIE_WEIGHT[ties]
+  weight = jnp.where(s > own, 1.0, jnp.where(tie, w, 0.0)).astype(s.dtype)
+  return 1.0 - w + jnp.sum(weight, axis=1)
+
+
 def _reduce(values: jax.Array, where: Optional[jax.Array], reduce_fn: ReduceFn) -> jax.Array:
   if reduce_fn is None:
     return values
