@@ -600,6 +600,16 @@ def _finish(kind, own_obs, null_own, counts, s_obs, rel, n_null, metric, own_sco
                     n_null=n_null, metric=metric, own_score=own_score)
 
 
+def _observed(x_obs, y, rel, metric, own_score):
+  """Common dtype, own-score mode and context, observed own scores and similarities."""
+  dtype = jnp.result_type(x_obs.dtype, y.dtype)
+  x_obs, y = x_obs.astype(dtype), y.astype(dtype)
+  mode = _own_mode(own_score, metric, bool(jnp.all(jnp.sum(rel, axis=1) == 1)))
+  ctx = _own_context(y, rel, mode=mode)
+  own_obs, s_obs = _observed_scores(x_obs, ctx, metric=metric, mode=mode)
+  return x_obs, y, mode, ctx, own_obs, s_obs
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -698,11 +708,7 @@ def model_null(
 
   x_obs = _predict(params, inputs, apply=apply)
   validation.check_no_nan(x_obs, "predict_fn(inputs)")
-  dtype = jnp.result_type(x_obs.dtype, y.dtype)
-  x_obs, y = x_obs.astype(dtype), y.astype(dtype)
-  mode = _own_mode(own_score, metric, bool(jnp.all(jnp.sum(rel, axis=1) == 1)))
-  ctx = _own_context(y, rel, mode=mode)
-  own_obs, s_obs = _observed_scores(x_obs, ctx, metric=metric, mode=mode)
+  x_obs, y, mode, ctx, own_obs, s_obs = _observed(x_obs, y, rel, metric, own_score)
 
   mesh = sharding.replicate_mesh(devices)
   q, c, g = rel.shape[0], y.shape[0], y.shape[1]
@@ -777,11 +783,7 @@ def precomputed_null(
   x_obs = _check_predictions(x_obs, "predictions", y, rel)
   source = _NullSource(null_predictions, (rel.shape[0], y.shape[1]), layer)
   n_null = source.n_null
-  dtype = jnp.result_type(x_obs.dtype, y.dtype)
-  x_obs, y = x_obs.astype(dtype), y.astype(dtype)
-  mode = _own_mode(own_score, metric, bool(jnp.all(jnp.sum(rel, axis=1) == 1)))
-  ctx = _own_context(y, rel, mode=mode)
-  own_obs, s_obs = _observed_scores(x_obs, ctx, metric=metric, mode=mode)
+  x_obs, y, mode, ctx, own_obs, s_obs = _observed(x_obs, y, rel, metric, own_score)
 
   mesh = sharding.replicate_mesh(devices)
   q, c, g = rel.shape[0], y.shape[0], y.shape[1]
@@ -796,7 +798,7 @@ def precomputed_null(
   def run_chunk(i):
     lo = i * layout.chunk
     hi = min(n_null, lo + layout.chunk)
-    xb = np.zeros((layout.chunk, q, g), np.dtype(dtype))
+    xb = np.zeros((layout.chunk, q, g), np.dtype(x_obs.dtype))
     xb[:hi - lo] = source.read(lo, hi)
     return kernel(np.int32(lo), n_arr, sharding.split_replicates(xb, mesh), *args)
 
