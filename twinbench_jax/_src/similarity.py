@@ -191,17 +191,25 @@ def l1_distances(x: jax.Array, y: jax.Array) -> jax.Array:
   return _blocked(x, y, lambda a, b: jnp.sum(jnp.abs(a - b), axis=-1))
 
 
-def _blocked(x: jax.Array, y: jax.Array, pair_fn) -> jax.Array:
-  """`pair_fn(x[:, None], y[None])` over blocks of queries, never all of `[Q, C, G]` at once."""
+def _blocked(x: jax.Array, y: jax.Array, pair_fn, keep: Optional[jax.Array] = None
+             ) -> jax.Array:
+  """`pair_fn(x[:, None], y[None])` over blocks of queries, never all of `[Q, C, G]` at once.
+
+  With `keep` (`[Q, G]`, rows travelling with the queries), the call is
+  `pair_fn(x[:, None], y[None], keep[:, None])`.
+  """
   q, g = x.shape
   c = y.shape[0]
   if q == 0 or c == 0:
     return jnp.zeros((q, c), x.dtype)
   block = max(1, min(q, _L1_BLOCK_ELEMENTS // max(1, c * g)))
   n_blocks = -(-q // block)
-  xp = jnp.pad(x, ((0, n_blocks * block - q), (0, 0))).reshape(n_blocks, block, g)
-  one_block = lambda xb: pair_fn(xb[:, None, :], y[None, :, :])  # noqa: E731
-  return jax.lax.map(one_block, xp).reshape(n_blocks * block, c)[:q]
+  pad = ((0, n_blocks * block - q), (0, 0))
+  rows = (x,) if keep is None else (x, keep)
+  blocks = tuple(jnp.pad(r, pad).reshape(n_blocks, block, g) for r in rows)
+  one_block = lambda rb: pair_fn(rb[0][:, None, :], y[None, :, :],  # noqa: E731
+                                 *(r[:, None, :] for r in rb[1:]))
+  return jax.lax.map(one_block, blocks).reshape(n_blocks * block, c)[:q]
 
 
 def _safe_sqrt(d: jax.Array) -> jax.Array:
@@ -327,7 +335,7 @@ def _similarity_excluded(x: jax.Array, y: jax.Array, idx: Optional[jax.Array],
   if metric == "euclidean":
     return -_safe_sqrt(squared_distances_excluded(x, y, ex))
   if metric == "l1":
-    return -_blocked_kept(x, y, ex.keep, lambda a, b, k: jnp.sum(
+    return -_blocked(x, y, keep=ex.keep, pair_fn=lambda a, b, k: jnp.sum(
         jnp.where(k, jnp.abs(a - b), 0.0), axis=-1))
   if metric in ("cosine", "pearson"):
     return _cosine_excluded(x, y, ex, centre=metric == "pearson")
@@ -372,24 +380,9 @@ def squared_distances_excluded(x: jax.Array, y: jax.Array, ex: _Exclusion) -> ja
   uncertain = jnp.sum(d <= bound, axis=1)
   return jax.lax.cond(
       jnp.any(uncertain > n_refine),
-      lambda: _blocked_kept(x, y, ex.keep, lambda a, b, k: jnp.sum(
+      lambda: _blocked(x, y, keep=ex.keep, pair_fn=lambda a, b, k: jnp.sum(
           jnp.where(k, (a - b) ** 2, 0.0), axis=-1)),
       lambda: d)
-
-
-def _blocked_kept(x: jax.Array, y: jax.Array, keep: jax.Array, pair_fn) -> jax.Array:
-  """`pair_fn(x[:, None], y[None], keep[:, None])` over blocks of queries (as `_blocked`)."""
-  q, g = x.shape
-  c = y.shape[0]
-  if q == 0 or c == 0:
-    return jnp.zeros((q, c), x.dtype)
-  block = max(1, min(q, _L1_BLOCK_ELEMENTS // max(1, c * g)))
-  n_blocks = -(-q // block)
-  pad = ((0, n_blocks * block - q), (0, 0))
-  xp = jnp.pad(x, pad).reshape(n_blocks, block, g)
-  kp = jnp.pad(keep, pad).reshape(n_blocks, block, g)
-  one_block = lambda xk: pair_fn(xk[0][:, None, :], y[None, :, :], xk[1][:, None, :])  # noqa: E731
-  return jax.lax.map(one_block, (xp, kp)).reshape(n_blocks * block, c)[:q]
 
 
 def _cosine_excluded(x: jax.Array, y: jax.Array, ex: _Exclusion, *, centre: bool) -> jax.Array:
