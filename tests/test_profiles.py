@@ -58,6 +58,61 @@ def test_dense_sparse_backed_and_chunked_profiles_agree(tmp_path):
   assert np.isfinite(dense.means).all()
 
 
+@pytest.mark.parametrize("normalize", [None, "log1p_cp10k"])
+@pytest.mark.parametrize("chunk_size", [1, 5, 13, 1000])
+def test_in_memory_dense_and_sparse_are_bit_identical_in_any_blocks(normalize, chunk_size):
+  # Cells in shuffled order, so blocks of whole groups need the cells reordered.
+  rng = np.random.default_rng(3)
+  adata, _ = make_real(counts=True)
+  adata = adata[rng.permutation(adata.n_obs)].copy()
+  dense = tb.pseudobulk(adata, normalize=normalize, chunk_size=chunk_size)
+  csr = adata.copy()
+  csr.X = sp.csr_matrix(csr.X)
+  sparse = tb.pseudobulk(csr, normalize=normalize, chunk_size=chunk_size)
+  np.testing.assert_array_equal(sparse.means, dense.means)
+  x = adata.X.astype(np.float64)
+  if normalize is not None:
+    x = _log1p_cp10k(x)
+  want = pseudobulk_numpy(x, adata.obs["perturbation"], dense.labels)
+  np.testing.assert_allclose(dense.means, want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 3, 4, 100])
+def test_grouped_blocks_cover_each_used_cell_once_in_whole_groups(chunk_size):
+  codes = np.array([2, -1, 0, 2, 1, 1, 0, 2, -1, 2, 2, 1])
+  blocks = profiles_lib._grouped_blocks(codes, chunk_size)
+  cells = np.concatenate(blocks)
+  np.testing.assert_array_equal(np.sort(cells), np.flatnonzero(codes >= 0))
+  # Groups appear in order, each group's cells in their original order.
+  np.testing.assert_array_equal(codes[cells], np.sort(codes[codes >= 0]))
+  for g in range(3):
+    mine = cells[codes[cells] == g]
+    np.testing.assert_array_equal(mine, np.sort(mine))
+  for b in blocks:
+    assert len(b) <= chunk_size
+    groups = set(codes[b].tolist())
+    # A group is split across blocks only when it alone is larger than a block.
+    for g in groups:
+      if np.sum(codes == g) <= chunk_size:
+        assert np.sum(codes[b] == g) == np.sum(codes == g)
+  assert profiles_lib._grouped_blocks(np.full(4, -1), chunk_size) == []
+
+
+def test_nan_only_in_an_unused_cell_is_ignored_and_overflow_is_reported():
+  adata, _ = make_real(counts=True)
+  adata.X = adata.X.astype(np.float64)
+  codes = np.zeros(adata.n_obs, np.int64)
+  codes[7] = -1
+  adata.X[7, 3] = np.nan
+  src = profiles_lib.open_source(adata, "adata")
+  sums, counts = profiles_lib.group_sums(src, codes, 1)
+  assert np.isfinite(sums).all() and counts[0] == adata.n_obs - 1
+  adata.X[7, 3] = 0.0
+  adata.X[:, 0] = 1e308
+  with pytest.raises(ValueError, match="overflow float64"):
+    profiles_lib.group_sums(profiles_lib.open_source(adata, "adata"), codes, 1)
+
+
 def test_normalisation_never_modifies_the_input():
   adata, _ = make_real(counts=True)
   adata.X = sp.csr_matrix(adata.X, dtype=np.float64)

@@ -696,14 +696,14 @@ class _Targets:
             notes: list) -> Optional["_Targets"]:
     """The targets of the ranked perturbations; notes the ignored genes. None: nothing left."""
     genes = np.asarray(genes)
-    pos = pd.Index(genes)
+    pos = {str(g): i for i, g in enumerate(genes.tolist())}
     used = list(dict.fromkeys([*queries, *candidates]))
     index_of, ignored = {}, []
     for label in used:
-      found = [g for g in mapping.get(label, ()) if g in pos]
+      found = [pos[g] for g in mapping.get(label, ()) if g in pos]
       ignored += [g for g in mapping.get(label, ()) if g not in pos]
       if found:
-        index_of[label] = tuple(int(i) for i in pos.get_indexer(found))
+        index_of[label] = tuple(found)
     if ignored:
       ignored = list(dict.fromkeys(ignored))
       notes.append(f"target_genes: {len(ignored)} target gene(s) of the ranked perturbations are "

@@ -1,11 +1,12 @@
 """Pseudobulk profiles from AnnData: reading, normalising, aligning (SPEC §7).
 
 The AnnData layer between `.h5ad` files and the array core. A profile is the
-mean expression of the cells of one perturbation. The matrix is read in row
-blocks of `chunk_size` cells, so the whole matrix is never densified and a
-backed AnnData (or a path, opened read-only with h5py) streams from disk.
-Sums are accumulated in float64 through one sparse code path, so a dense and
-a sparse copy of the same data give bit-identical profiles.
+mean expression of the cells of one perturbation. The matrix is read in
+blocks of at most `chunk_size` cells, so the whole matrix is never densified
+and a backed AnnData (or a path, opened read-only with h5py) streams from
+disk; a matrix in memory is read in blocks of whole perturbations. Sums are
+accumulated in float64 in the same order for dense and sparse data, so the
+two give bit-identical profiles.
 
 Nothing here imports JAX: the profiles are numpy arrays handed to the core.
 """
@@ -228,29 +229,34 @@ def _rows(mat, start: int, stop: int):
   return mat[start:stop]
 
 
-def _block_as_csr(block, source: Source, where: str, start: int) -> sp.csr_matrix:
-  """One row block as float64 CSR, checked for NaN/inf."""
+def _block_as_csr(block) -> sp.csr_matrix:
+  """One row block as float64 CSR with its own values (normalisation works in place on them)."""
   if sp.issparse(block):
-    # A copy even for float64 input: normalisation works in place on `blk.data`.
-    blk = sp.csr_matrix(block, dtype=np.float64, copy=True)
-    values = blk.data
+    block = block.tocsr()
+    # Only the values are copied; the (read-only here) index arrays are shared.
+    return sp.csr_matrix((block.data.astype(np.float64), block.indices, block.indptr),
+                         shape=block.shape)
+  return sp.csr_matrix(np.asarray(block, np.float64))
+
+
+def _check_finite_block(block, source: Source, where: str, start: int, used: np.ndarray) -> None:
+  """Raises, naming the first cell, when a used row of a block holds NaN or inf.
+
+  `used`: local indices of the rows that belong to a group.
+  """
+  if sp.issparse(block):
+    blk = sp.csr_matrix(block)
+    bad = ~np.isfinite(blk.data)
+    rows = np.repeat(np.arange(blk.shape[0]), np.diff(blk.indptr))[bad]
   else:
-    dense = np.asarray(block)
-    values = dense
-    blk = None
-  bad = ~np.isfinite(values)
-  if bad.any():
-    if blk is None:
-      row = int(np.argwhere(bad)[0][0])
-    else:
-      row = int(np.searchsorted(blk.indptr, np.flatnonzero(bad)[0], side="right") - 1)
+    bad = ~np.isfinite(np.asarray(block))
+    rows = np.nonzero(bad)[0]
+  rows = rows[np.isin(rows, used)]
+  if rows.size:
     raise ValueError(
-        f"{source.where(where)} holds {int(bad.sum())} non-finite value(s) (NaN or inf) in "
-        f"cells {start}..{start + values.shape[0] - 1 if blk is None else start + blk.shape[0] - 1}"
-        f", first in cell (row) {start + row}; clean or impute them before scoring.")
-  if blk is None:
-    blk = sp.csr_matrix(dense.astype(np.float64, copy=False))
-  return blk
+        f"{source.where(where)} holds {rows.size} non-finite value(s) (NaN or inf) in cells "
+        f"{start}..{start + block.shape[0] - 1}, first in cell (row) {start + int(rows.min())}; "
+        "clean or impute them before scoring.")
 
 
 def _normalize_block(blk: sp.csr_matrix, normalize: str, source: Source, where: str
@@ -269,6 +275,39 @@ def _normalize_block(blk: sp.csr_matrix, normalize: str, source: Source, where: 
   return blk
 
 
+def _in_memory(mat) -> bool:
+  """A numpy array or an in-memory scipy CSR matrix: rows can be gathered in any order."""
+  return isinstance(mat, np.ndarray) or (sp.issparse(mat) and mat.format == "csr")
+
+
+def _grouped_blocks(codes: np.ndarray, chunk_size: int) -> list[np.ndarray]:
+  """The used cells, ordered by group (stably), cut into blocks of whole groups.
+
+  A block holds at most `chunk_size` cells unless one group alone is larger, in
+  which case that group is cut into `chunk_size` pieces. Whole groups per block
+  make each group's sum one left-to-right float64 sum over its cells, and the
+  plan depends only on `codes` and `chunk_size`, so dense and sparse copies of
+  the same data are added in exactly the same order.
+  """
+  used = np.flatnonzero(codes >= 0)
+  order = used[np.argsort(codes[used], kind="stable")]
+  cuts = np.flatnonzero(np.diff(codes[order])) + 1
+  bounds = np.concatenate([[0], cuts, [order.size]]) if order.size else np.zeros(1, np.int64)
+  blocks, lo = [], 0
+  for start, stop in zip(bounds[:-1], bounds[1:]):
+    if stop - start > chunk_size:  # a group larger than a block: its own pieces
+      if start > lo:
+        blocks.append(order[lo:start])
+      blocks.extend(order[i:min(i + chunk_size, stop)] for i in range(start, stop, chunk_size))
+      lo = stop
+    elif stop - lo > chunk_size:
+      blocks.append(order[lo:start])
+      lo = start
+  if order.size > lo:
+    blocks.append(order[lo:])
+  return blocks
+
+
 def group_sums(
     source: Source,
     codes: np.ndarray,
@@ -280,7 +319,11 @@ def group_sums(
     progress: bool = False,
     desc: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Per-group sums of (normalised) expression, streamed over row blocks.
+  """Per-group sums of (normalised) expression, over blocks of cells.
+
+  A matrix held in memory (numpy or CSR) is read group by group (`_grouped_blocks`):
+  each block touches few groups, so its partial sums are small. A backed or
+  on-disk matrix streams in row order, `chunk_size` cells at a time.
 
   Args:
     source: from `open_source`.
@@ -288,7 +331,7 @@ def group_sums(
     n_groups: number of groups.
     layer: `None` for `X`, else a layer name.
     normalize: `None` or a key of `NORMALIZATIONS` (per cell, before summing).
-    chunk_size: cells read at a time; `None` picks about 4 million entries
+    chunk_size: cells per block; `None` picks about 4 million entries
       (cells x genes) per block.
     progress: show a tqdm bar.
 
@@ -305,24 +348,47 @@ def group_sums(
   codes = np.asarray(codes)
   sums = np.zeros((n_groups, g), np.float64)
   counts = np.bincount(codes[codes >= 0], minlength=n_groups)[:n_groups]
-  starts = range(0, n, chunk_size)
-  if progress and n > chunk_size:
+  if _in_memory(mat):
+    blocks = [(cells, lambda cells=cells: mat[cells]) for cells in
+              _grouped_blocks(codes, chunk_size)]
+  else:
+    blocks = [(np.arange(start, min(start + chunk_size, n)),
+               lambda start=start: _rows(mat, start, min(start + chunk_size, n)))
+              for start in range(0, n, chunk_size)]
+  if progress and len(blocks) > 1:
     from tqdm import tqdm
 
     # disable=None: a bar on a terminal, silent when stderr is not one.
-    starts = tqdm(starts, desc=desc or f"reading {source.name}", unit="block", leave=False,
+    blocks = tqdm(blocks, desc=desc or f"reading {source.name}", unit="block", leave=False,
                   disable=None)
-  for start in starts:
-    stop = min(start + chunk_size, n)
-    c = codes[start:stop]
+  for cells, read in blocks:
+    c = codes[cells]
     keep = np.flatnonzero(c >= 0)
     if keep.size == 0:
       continue
-    blk = _block_as_csr(_rows(mat, start, stop), source, where, start)
+    lo, hi = int(c[keep].min()), int(c[keep].max()) + 1
+    indicator = sp.csr_matrix((np.ones(keep.size), (c[keep] - lo, keep)),
+                              shape=(hi - lo, cells.size))
+    block = read()
+    if normalize is None and not sp.issparse(block):
+      # Dense without normalisation: a sparse-times-dense product adds the same terms in the
+      # same order as the sparse path below (zeros aside), so profiles stay bit-identical.
+      sums[lo:hi] += indicator @ np.asarray(block, np.float64)
+      continue
+    blk = _block_as_csr(block)
     if normalize is not None:
       blk = _normalize_block(blk, normalize, source, where)
-    indicator = sp.csr_matrix((np.ones(keep.size), (c[keep], keep)), shape=(n_groups, stop - start))
-    sums += (indicator @ blk).toarray()
+    sums[lo:hi] += (indicator @ blk).toarray()
+  # NaN and inf propagate into the float64 sums (finite float32 input cannot overflow
+  # them), so one check of the result replaces a pass over every value; a second pass
+  # names the first bad cell.
+  if not np.isfinite(sums).all():
+    for start in range(0, n, chunk_size):
+      stop = min(start + chunk_size, n)
+      used = np.flatnonzero(codes[start:stop] >= 0)
+      _check_finite_block(_rows(mat, start, stop), source, where, start, used)
+    raise ValueError(f"{source.where(where)}: the per-perturbation sums overflow float64; "
+                     "the values are too large to average, rescale them first.")
   return sums, counts
 
 

@@ -19,6 +19,9 @@ METRICS = ("sqeuclidean", "euclidean", "l1", "cosine", "pearson")
 
 # Entries of the |x - y| block materialised at once by the L1 kernel (64 MiB of float32).
 _L1_BLOCK_ELEMENTS = 1 << 24
+# The same with a per-query gene mask: XLA's CPU backend runs the masked reduction about
+# 3x faster on blocks of a single query than on 64 MiB blocks (Q = C = 1000, G = 2000).
+_MASKED_BLOCK_ELEMENTS = 1 << 18
 # Candidates per query whose squared distance is recomputed exactly after the matmul identity.
 _N_REFINE = 4
 # Entries of the `[Q, T, C]` gather of the candidates' values at the excluded genes up to
@@ -202,7 +205,8 @@ def _blocked(x: jax.Array, y: jax.Array, pair_fn, keep: Optional[jax.Array] = No
   c = y.shape[0]
   if q == 0 or c == 0:
     return jnp.zeros((q, c), x.dtype)
-  block = max(1, min(q, _L1_BLOCK_ELEMENTS // max(1, c * g)))
+  budget = _L1_BLOCK_ELEMENTS if keep is None else _MASKED_BLOCK_ELEMENTS
+  block = max(1, min(q, budget // max(1, c * g)))
   n_blocks = -(-q // block)
   pad = ((0, n_blocks * block - q), (0, 0))
   rows = (x,) if keep is None else (x, keep)
