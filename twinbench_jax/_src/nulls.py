@@ -205,12 +205,24 @@ def _own(x: jax.Array, s: Optional[jax.Array], ctx: dict, *, mode: str) -> jax.A
 # --------------------------------------------------------------------------- kernels
 
 
-def _replicate_scores(x, s, x_obs, own_obs, s_obs, ctx, *, mode, candidate_level):
-  """One replicate `x` `[Q, G]` with similarities `s` `[Q, C]` (or None when not needed):
-  null own scores `[Q]` and, candidate level, `s^b >= s` `[Q, C]`."""
+def _row_checks(xb: jax.Array, x_obs: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`([b, Q] row equals the observed row, [b] replicate is finite)` for `xb` `[b, Q, G]`.
+
+  Both counts come from one variadic reduction: a single pass over the batch,
+  where separate `all`s cost XLA's CPU backend three times as much.
+  """
+  n_diff, n_bad = jax.lax.reduce(
+      ((xb != x_obs).astype(jnp.int32), (~jnp.isfinite(xb)).astype(jnp.int32)),
+      (np.int32(0), np.int32(0)), lambda a, b: (a[0] + b[0], a[1] + b[1]), (2,))
+  return n_diff == 0, jnp.all(n_bad == 0, axis=1)
+
+
+def _replicate_scores(x, s, same, own_obs, s_obs, ctx, *, mode, candidate_level):
+  """One replicate `x` `[Q, G]` with similarities `s` `[Q, C]` (or None when not needed)
+  and `same` `[Q]` (row equals the observed one): null own scores `[Q]` and,
+  candidate level, `s^b >= s` `[Q, C]`."""
   own = _own(x, s, ctx, mode=mode)
   # A prediction that did not change is an exact tie, whatever the rounding.
-  same = jnp.all(x == x_obs, axis=1)
   own = jnp.where(same, own_obs, own)
   if not candidate_level:
     return own, None
@@ -237,10 +249,10 @@ def _score_batch(xb, valid, x_obs, own_obs, s_obs, ctx, *, metric, mode, candida
     # rounding-level difference cannot turn a real difference into a tie.
     s = similarity_lib._similarity(xb.reshape(b * q, g), ctx["y"], metric=metric, exact=False)
     s = s.reshape(b, q, -1)
+  same, finite = _row_checks(xb, x_obs)
   score = functools.partial(_replicate_scores, mode=mode, candidate_level=candidate_level)
-  own, exceed = jax.vmap(score, in_axes=(0, 0, None, None, None, None))(
-      xb, s, x_obs, own_obs, s_obs, ctx)
-  finite = jnp.all(jnp.isfinite(xb), axis=(1, 2))
+  own, exceed = jax.vmap(score, in_axes=(0, 0, 0, None, None, None))(
+      xb, s, same, own_obs, s_obs, ctx)
   out = {"own": own, "bad": jnp.sum(valid & ~finite, dtype=jnp.int32)}
   if candidate_level:
     out["counts"] = jnp.sum(exceed & valid[:, None, None], axis=0, dtype=jnp.int32)
