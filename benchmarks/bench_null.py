@@ -93,16 +93,27 @@ def _null(w, inputs, refs, n_null, candidate_level, **kw):
                        n_null=n_null, candidate_level=candidate_level, progress=False, **kw)
 
 
-def _warm_null(w, inputs, refs, n_null, candidate_level, **kw):
-  """Compiles the null kernel for the static shapes of an `n_null` run, cheaply."""
+def _warm_null(w, inputs, refs, n_null, candidate_level, full=True, **kw):
+  """Compiles what an `n_null` run needs; returns the batch size.
+
+  `full`: one whole run, so the timed run that follows compiles nothing (the
+  eager steps around the kernel have shapes that depend on `n_null`, and cost
+  real time on an accelerator). Otherwise one replicate through the same
+  kernel (its loop runs only the batches that hold a replicate): cheap.
+  """
   q, g = inputs.shape[0], w.shape[1]
+  devices = jax.devices() if kw.get("devices") is None else kw["devices"]
   layout = sharding.chunk_layout(
-      n_null, 1 if kw.get("devices") is None else len(kw["devices"]), kw.get("chunk_size"),
-      kw.get("batch_size"),
-      nulls._bytes_per_replicate(q, refs.shape[0], g, candidate_level, inputs))
-  # A run of one batch has the same static shapes when the batch is not capped by B.
-  _null(w, inputs, refs, layout.batch, candidate_level, batch_size=layout.batch, **{
-      k: v for k, v in kw.items() if k != "batch_size"})
+      n_null, len(devices), kw.get("chunk_size"), kw.get("batch_size"),
+      nulls._bytes_per_replicate(q, refs.shape[0], g, candidate_level, inputs),
+      batch_bytes=sharding.batch_bytes(devices))
+  if full:
+    res = _null(w, inputs, refs, n_null, candidate_level, **kw)
+  else:
+    res = _null(w, inputs, refs, 1, candidate_level, batch_size=layout.batch,
+                chunk_size=layout.chunk, **{k: v for k, v in kw.items()
+                                            if k not in ("batch_size", "chunk_size")})
+  jax.block_until_ready((res.pvalues, res.candidate_pvalues))
   return layout.batch
 
 
@@ -112,13 +123,15 @@ def speed(args):
   rows = []
 
   pred = jnp.asarray(np.asarray(linear_apply(w, inputs)))
-  matmul = jax.jit(lambda a, r: a @ r.T)
+  # HIGHEST, as in the similarity: on GPUs the default is TF32, a different (faster) matmul.
+  matmul = jax.jit(lambda a, r: jnp.matmul(a, r.T, precision="highest"))
   jax.block_until_ready(matmul(pred, refs))
   t_mm = _seconds(lambda: _repeat(matmul, [(pred, refs)] * b))
   rows.append((f"{b} bare (QxG)@(GxC) matmuls", t_mm, None))
 
   batch = _warm_null(w, inputs, refs, b, True)
-  batched = jax.jit(jax.vmap(lambda a, r: a @ r.T, in_axes=(0, None)))
+  batched = jax.jit(jax.vmap(lambda a, r: jnp.matmul(a, r.T, precision="highest"),
+                             in_axes=(0, None)))
   stack = jnp.stack([pred] * batch)
   jax.block_until_ready(batched(stack, refs))
   t_mm_batched = _seconds(lambda: _repeat(batched, [(stack, refs)] * -(-b // batch)))
@@ -153,7 +166,7 @@ def _worker(args):
   """Fresh process: one candidate-level null; prints JSON with time, RSS and a digest."""
   w, inputs, refs = _problem(args.q, args.c, args.g, args.d)
   kw = {"batch_size": args.batch_size} if args.batch_size else {}
-  _warm_null(w, inputs, refs, args.b, True, **kw)
+  _warm_null(w, inputs, refs, args.b, True, full=False, **kw)
   setup_peak = _peak_rss_mib()
   _peak_rss_mib(reset=True)
   t0 = time.perf_counter()

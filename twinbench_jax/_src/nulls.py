@@ -53,6 +53,8 @@ OWN_SCORES = ("similarity", "r2", "pearson")
 NULL_KINDS = ("model", "precomputed", "label")
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+# Precomputed replicates read into host memory per kernel call when `chunk_size` is None.
+_HOST_CHUNK_BYTES = 1 << 30
 
 
 # --------------------------------------------------------------------------- result
@@ -663,7 +665,10 @@ def model_null(
   batch `[k * batch_size, (k + 1) * batch_size)` with the same compiled
   arithmetic, so results are bit-identical for any `chunk_size` and any number
   of devices (`batch_size` may change the last bit of the null scores, as
-  XLA sums differently batched products in a different order).
+  XLA sums differently batched products in a different order). On a GPU, XLA
+  autotunes each compilation and may pick another matmul algorithm for
+  another `chunk_size`; set ``XLA_FLAGS=--xla_gpu_deterministic_ops=true``
+  where the last bits must match across chunk sizes.
 
   Args:
     predict_fn: JAX-traceable `inputs -> [Q, G]` predictions: a plain function,
@@ -689,9 +694,10 @@ def model_null(
       exceedance counts (costs a `[Q, G] x [G, C]` matmul per replicate).
     chunk_size: replicates per kernel call (one progress-bar step) over all
       devices, rounded up to a multiple of `batch_size` times the device count;
-      None: one batch per device.
+      None: about a tenth of `n_null`.
     batch_size: replicates vmapped together on a device, the unit of working
-      memory; None: as many as fit in about 256 MiB (at most 64, at most `B`).
+      memory; None: as many as fit in about 256 MiB on a CPU, or a sixteenth of
+      an accelerator's memory (at most 64, at most `B`).
     devices: devices to split replicates over; None: `jax.devices()`.
     progress: show a progress bar over chunks (on a terminal).
 
@@ -725,7 +731,8 @@ def model_null(
   mesh = sharding.replicate_mesh(devices)
   q, c, g = rel.shape[0], y.shape[0], y.shape[1]
   layout = sharding.chunk_layout(n_null, mesh.size, chunk_size, batch_size,
-                                 _bytes_per_replicate(q, c, g, candidate_level, inputs))
+                                 _bytes_per_replicate(q, c, g, candidate_level, inputs),
+                                 batch_bytes=sharding.batch_bytes(mesh.devices.ravel()))
   args = sharding.replicated(
       (key, params, inputs, x_obs, own_obs, s_obs if candidate_level else None, ctx), mesh)
   kernel = functools.partial(
@@ -780,7 +787,9 @@ def precomputed_null(
     metric: similarity metric (see `tb.similarity`).
     own_score: ``"similarity"``, ``"r2"`` or ``"pearson"`` (see `tb.model_null`).
     candidate_level: also compute `[Q, C]` entry-wise p-values (streamed counts).
-    chunk_size: replicates loaded and scored per kernel call (see `tb.model_null`).
+    chunk_size: replicates loaded and scored per kernel call (see
+      `tb.model_null`); None: about a tenth of `n_null`, and at most about 1 GiB
+      of replicates in host memory.
     batch_size: replicates vmapped together on a device (see `tb.model_null`).
     devices: devices to split replicates over; None: `jax.devices()`.
     layer: AnnData layer to read instead of `X`.
@@ -799,8 +808,11 @@ def precomputed_null(
 
   mesh = sharding.replicate_mesh(devices)
   q, c, g = rel.shape[0], y.shape[0], y.shape[1]
+  # The chunk's replicates are held in host memory: at most about `_HOST_CHUNK_BYTES`.
   layout = sharding.chunk_layout(n_null, mesh.size, chunk_size, batch_size,
-                                 _bytes_per_replicate(q, c, g, candidate_level, ()))
+                                 _bytes_per_replicate(q, c, g, candidate_level, ()),
+                                 batch_bytes=sharding.batch_bytes(mesh.devices.ravel()),
+                                 max_chunk=max(1, _HOST_CHUNK_BYTES // (4 * q * g)))
   args = sharding.replicated((x_obs, own_obs, s_obs if candidate_level else None, ctx), mesh)
   kernel = functools.partial(
       _precomputed_chunk, mesh=mesh, per_device=layout.per_device, batch=layout.batch,
@@ -910,9 +922,9 @@ def _is_anndata(obj: Any) -> bool:
 def _load_profile(item: Any, name: str, layer: Optional[str]) -> Any:
   """An array, an AnnData object (rows as they are) or an ``.h5ad`` path -> `[Q, G]` numpy."""
   if isinstance(item, (str, os.PathLike)):
-    import anndata  # imported only when a file is given (a slow import)
     if not os.path.isfile(item):
       raise FileNotFoundError(f"`{name}`: no file at {os.fspath(item)!r}")
+    import anndata  # imported only when a file is given (a slow import)
     item = anndata.read_h5ad(item)
   if _is_anndata(item):
     if layer is None:

@@ -18,10 +18,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 # Name of the mesh axis that replicates are split over.
 AXIS = "replicates"
-# Default working memory of one vmapped batch (bytes), used to pick the batch size.
+# Default working memory of one vmapped batch (bytes) on a CPU, used to pick the batch size.
 DEFAULT_CHUNK_BYTES = 256 << 20
+# On an accelerator: this fraction of its memory (batches there are far cheaper per replicate).
+ACCELERATOR_MEMORY_FRACTION = 1 / 16
 # Upper bound on the automatically chosen batch size.
 MAX_AUTO_PER_DEVICE = 64
+# Kernel calls a null is cut into when `chunk_size` is None: steps of the progress bar.
+DEFAULT_N_CHUNKS = 10
 
 
 class ChunkLayout(NamedTuple):
@@ -58,25 +62,46 @@ def _check_size(value: Any, name: str) -> Optional[int]:
   return int(value)
 
 
+def batch_bytes(devices: Sequence[Any]) -> int:
+  """Working memory allowed to one vmapped batch on `devices` (bytes).
+
+  `DEFAULT_CHUNK_BYTES` on a CPU; on an accelerator a fraction of its memory
+  (`ACCELERATOR_MEMORY_FRACTION`), where larger batches keep it busy.
+  """
+  dev = devices[0]
+  if dev.platform == "cpu":
+    return DEFAULT_CHUNK_BYTES
+  try:
+    limit = int((dev.memory_stats() or {}).get("bytes_limit", 0))
+  except Exception:  # noqa: BLE001 - backends without memory stats
+    limit = 0
+  return max(DEFAULT_CHUNK_BYTES, int(limit * ACCELERATOR_MEMORY_FRACTION))
+
+
 def chunk_layout(n_null: int, n_devices: int, chunk_size: Optional[int],
-                 batch_size: Optional[int], bytes_per_replicate: int) -> ChunkLayout:
+                 batch_size: Optional[int], bytes_per_replicate: int, *,
+                 batch_bytes: int = DEFAULT_CHUNK_BYTES,
+                 max_chunk: Optional[int] = None) -> ChunkLayout:
   """Chooses the batching and chunking of `n_null` replicates over `n_devices` devices.
 
   The batch (replicates vmapped together) depends only on `n_null`, the problem
-  size and `batch_size`, never on `chunk_size` or the device count: a replicate
-  is always computed in the same batch `[k * batch, (k + 1) * batch)` with the
-  same compiled arithmetic, which is what makes results bit-identical across
-  chunk sizes and devices.
+  size, `batch_bytes` and `batch_size`, never on `chunk_size` or the device
+  count: a replicate is always computed in the same batch
+  `[k * batch, (k + 1) * batch)` with the same compiled arithmetic, which is
+  what makes results bit-identical across chunk sizes and devices.
 
   Args:
     n_null: number of replicates `B`.
     n_devices: devices in the mesh.
     chunk_size: replicates per kernel call over all devices, rounded up to a
-      multiple of `batch * n_devices`; None: one batch per device.
+      multiple of `batch * n_devices`; None: about `B / DEFAULT_N_CHUNKS` (at
+      most `max_chunk`), so a long null is a few calls, not one per batch.
     batch_size: replicates vmapped together on a device; None: the largest
       number (at most `MAX_AUTO_PER_DEVICE` and `n_null`) whose estimated
-      working memory stays under `DEFAULT_CHUNK_BYTES`.
+      working memory stays under `batch_bytes`.
     bytes_per_replicate: estimated working memory of one replicate.
+    batch_bytes: working memory allowed to one batch (see `batch_bytes`).
+    max_chunk: cap on the default chunk (e.g. replicates held in host memory).
 
   Returns:
     A `ChunkLayout`.
@@ -84,10 +109,13 @@ def chunk_layout(n_null: int, n_devices: int, chunk_size: Optional[int],
   chunk_size = _check_size(chunk_size, "chunk_size")
   batch = _check_size(batch_size, "batch_size")
   if batch is None:
-    batch = DEFAULT_CHUNK_BYTES // max(1, bytes_per_replicate)
+    batch = batch_bytes // max(1, bytes_per_replicate)
     batch = max(1, min(MAX_AUTO_PER_DEVICE, batch, n_null))
-  per_device = batch if chunk_size is None else (
-      batch * math.ceil(math.ceil(chunk_size / n_devices) / batch))
+  if chunk_size is None:
+    chunk_size = math.ceil(n_null / DEFAULT_N_CHUNKS)
+    if max_chunk is not None:
+      chunk_size = min(chunk_size, max_chunk)
+  per_device = batch * math.ceil(math.ceil(chunk_size / n_devices) / batch)
   chunk = per_device * n_devices
   return ChunkLayout(batch, per_device, chunk, math.ceil(n_null / chunk))
 
