@@ -79,12 +79,16 @@ def evaluate_arrays(
       raise ValueError(
           f"without `relevance`, prediction q must belong to reference q, so both need the same "
           f"number of rows; got predictions {tuple(x.shape)} and references {tuple(y.shape)}")
-    relevance = jnp.eye(x.shape[0], dtype=bool)
-  rel = validation.as_bool_array(relevance, "relevance", ndim=2)
-  if rel.shape != (x.shape[0], y.shape[0]):
-    raise ValueError(f"`relevance` must have shape (Q, C) = {(x.shape[0], y.shape[0])}, "
-                     f"got {tuple(rel.shape)}")
-  validation.check_every_query_has_relevant(rel)
+    # The identity is known without building it: no [Q, Q] mask to make, copy to the
+    # host and check (costly for large Q on an accelerator).
+    rel, single = None, "identity"
+  else:
+    rel = validation.as_bool_array(relevance, "relevance", ndim=2)
+    if rel.shape != (x.shape[0], y.shape[0]):
+      raise ValueError(f"`relevance` must have shape (Q, C) = {(x.shape[0], y.shape[0])}, "
+                       f"got {tuple(rel.shape)}")
+    validation.check_every_query_has_relevant(rel)
+    single = own_lib.single_relevant(rel)
   if x.shape[1] != y.shape[1]:
     raise ValueError(
         f"`predictions` and `references` must have the same number of features (genes), got "
@@ -95,12 +99,12 @@ def evaluate_arrays(
     raise ValueError(f"unknown `ties` {ties!r}; choose one of {ranking.TIES}")
   if k < 1:
     raise ValueError(f"`k` must be >= 1, got {k}")
-  return _evaluate_arrays(x, y, rel, metric=metric, k=k, ties=ties,
-                          single=own_lib.single_relevant(rel))
+  return _evaluate_arrays(x, y, rel, metric=metric, k=k, ties=ties, single=single)
 
 
 @functools.partial(jax.jit, static_argnames=("metric", "k", "ties", "single"))
 def _evaluate_arrays(x, y, rel, *, metric, k, ties, single=None):
+  """The jitted pipeline; `rel` may be None when `single` is ``"identity"``."""
   s = similarity_lib._similarity(x, y, metric=metric)
   if single == "identity":
     ranks = ranking._truth_ranks_identity(s, ties=ties)
@@ -110,7 +114,10 @@ def _evaluate_arrays(x, y, rel, *, metric, k, ties, single=None):
   pvalues = pvalues_lib._label_permutation_pvalues(cross)
   correct = ranks <= k
   curve = auc_lib._auc_f1(pvalues, correct, jnp.ones_like(correct))
-  n_other = jnp.maximum(jnp.sum(~rel, axis=1), 1)
+  if rel is None:
+    n_other = jnp.full(ranks.shape, max(y.shape[0] - 1, 1), ranks.dtype)
+  else:
+    n_other = jnp.maximum(jnp.sum(~rel, axis=1), 1)
   return ArrayEvaluation(
       ranks=ranks,
       own_scores=jnp.diagonal(cross),
