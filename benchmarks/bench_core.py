@@ -24,9 +24,7 @@ import numpy as np
 
 import twinbench_jax as tb
 from twinbench_jax._src import auc as auc_lib
-from twinbench_jax._src import own_scores as own_lib
-from twinbench_jax._src import pvalues as pvalues_lib
-from twinbench_jax._src import ranking
+from twinbench_jax._src import identity_pass
 
 
 def timeit(fn, repeats):
@@ -76,9 +74,8 @@ def numpy_pipeline(x, y):
 
 @jax.jit
 def jax_rank_pvalue_auc(s):
-  rel = jnp.eye(s.shape[0], dtype=bool)
-  ranks = ranking._truth_ranks_identity(s, ties="average")
-  p = pvalues_lib._label_permutation_pvalues(own_lib._cross(s, rel, single="identity"))
+  # The steps of `tb.evaluate_arrays` after the similarity (identity relevance).
+  ranks, p = identity_pass.ranks_and_label_pvalues(s, ties="average")
   return auc_lib._auc_f1(p, ranks <= 1, jnp.ones(p.shape, bool)).auc
 
 

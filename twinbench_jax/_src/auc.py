@@ -12,6 +12,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from twinbench_jax._src import sorting
 from twinbench_jax._src import validation
 
 
@@ -87,7 +88,7 @@ def auc_f1(pvalues: jax.Array, correct: jax.Array, *,
 def _auc_f1(p, ok, mask):
   dtype = p.dtype
   p = jnp.where(mask, p, jnp.inf)  # masked queries sort last and are never called
-  order = jnp.argsort(p)
+  order = sorting.stable_argsort(p)
   alphas = p[order]
   valid = mask[order]
   n_pos = jnp.sum(mask).astype(dtype)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from twinbench_jax._src import auc as auc_lib
+from twinbench_jax._src import identity_pass
 from twinbench_jax._src import own_scores as own_lib
 from twinbench_jax._src import pvalues as pvalues_lib
 from twinbench_jax._src import ranking
@@ -106,12 +107,12 @@ def evaluate_arrays(
 def _evaluate_arrays(x, y, rel, *, metric, k, ties, single=None):
   """The jitted pipeline; `rel` may be None when `single` is ``"identity"``."""
   s = similarity_lib._similarity(x, y, metric=metric)
+  cross = own_lib._cross(s, rel, single=single)
   if single == "identity":
-    ranks = ranking._truth_ranks_identity(s, ties=ties)
+    ranks, pvalues = identity_pass.ranks_and_label_pvalues(s, ties=ties)
   else:
     ranks = ranking._truth_ranks(s, rel, ties=ties)
-  cross = own_lib._cross(s, rel, single=single)
-  pvalues = pvalues_lib._label_permutation_pvalues(cross)
+    pvalues = pvalues_lib._label_permutation_pvalues(cross)
   correct = ranks <= k
   curve = auc_lib._auc_f1(pvalues, correct, jnp.ones_like(correct))
   if rel is None:
