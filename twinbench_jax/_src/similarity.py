@@ -154,14 +154,15 @@ def squared_distances(x: jax.Array, y: jax.Array, *, exact: bool = True) -> jax.
   # Any finite centre works; one NaN/inf reference must not poison every column.
   centre = jnp.mean(jnp.where(jnp.isfinite(y), y, 0.0), axis=0)
   xc, yc = x - centre, y - centre
-  xn = jnp.sum(xc * xc, axis=1)
-  yn = jnp.sum(yc * yc, axis=1)
-  # Barriers keep the centring out of the dot's operands and the norms out of its
-  # epilogue: XLA's CPU backend runs a bare dot several times faster than a fused one,
-  # and the identity then costs one extra elementwise pass over [Q, C].
-  xc, ym2 = jax.lax.optimization_barrier((xc, -2.0 * yc))
-  dot = jax.lax.optimization_barrier(_matmul_t(xc, ym2))
-  d = jax.lax.optimization_barrier(jnp.maximum(dot + xn[:, None] + yn[None, :], 0.0))
+  # One matmul of augmented rows [x, |x|^2, 1] . [-2y, 1, |y|^2] gives the whole
+  # identity: XLA's CPU backend runs a bare dot far faster than a dot with a
+  # fused epilogue (norm broadcasts), and the result is the same sum.
+  ones_x = jnp.ones((x.shape[0], 1), x.dtype)
+  ones_y = jnp.ones((y.shape[0], 1), y.dtype)
+  xa = jnp.concatenate([xc, jnp.sum(xc * xc, axis=1, keepdims=True), ones_x], axis=1)
+  ya = jnp.concatenate([-2.0 * yc, ones_y, jnp.sum(yc * yc, axis=1, keepdims=True)], axis=1)
+  # The barrier keeps later consumers out of the dot's fusion for the same reason.
+  d = jax.lax.optimization_barrier(jnp.maximum(_matmul_t(xa, ya), 0.0))
   n_refine = min(_N_REFINE, y.shape[0])
   if n_refine == 0 or x.shape[0] == 0 or not exact:
     return d
@@ -180,7 +181,7 @@ def squared_distances(x: jax.Array, y: jax.Array, *, exact: bool = True) -> jax.
   # When some query has more of them than were refined (a cluster of
   # near-duplicates far from the centre), fall back to the direct sum for the
   # whole matrix: rare, exact, and never a silent near-tie.
-  norms = xn[:, None] + yn[None, :]
+  norms = xa[:, -2][:, None] + ya[:, -1][None, :]
   bound = 16.0 * jnp.finfo(d.dtype).eps * jnp.sqrt(x.shape[1] + 2.0) * norms
   uncertain = jnp.sum(d <= bound, axis=1)
   return jax.lax.cond(jnp.any(uncertain > n_refine),
