@@ -293,6 +293,16 @@ def _device_loop(first, n_null, make_batch, score, *, per_device, batch, n_queri
   return {k: v if k == "own" else jax.lax.psum(v, sharding.AXIS) for k, v in out.items()}
 
 
+def _score_device_share(first, n_null, make_batch, x_obs, own_obs, s_obs, ctx, *, per_device,
+                        batch, metric, mode, candidate_level):
+  """One device's replicates, batches from `make_batch`, scored by `_score_batch`."""
+  score = functools.partial(_score_batch, x_obs=x_obs, own_obs=own_obs, s_obs=s_obs, ctx=ctx,
+                            metric=metric, mode=mode, candidate_level=candidate_level)
+  return _device_loop(first, n_null, make_batch, score, per_device=per_device, batch=batch,
+                      n_queries=x_obs.shape[0], n_cand=ctx["y"].shape[0], dtype=x_obs.dtype,
+                      candidate_level=candidate_level)
+
+
 def _replicate_outputs(out, mesh):
   # Every device ends with the whole chunk of own scores (tiny: [chunk, Q]) and the
   # sums, so results are fully replicated and readable on any host.
@@ -323,12 +333,9 @@ def _model_chunk(start, n_null, key, params, inputs, x_obs, own_obs, s_obs, ctx,
       return jax.vmap(lambda i: apply(params, randomize(jax.random.fold_in(key, i), inputs)))(
           idx)
 
-    score = functools.partial(_score_batch, x_obs=x_obs, own_obs=own_obs, s_obs=s_obs,
-                              ctx=ctx, metric=metric, mode=mode,
-                              candidate_level=candidate_level)
-    return _device_loop(first, n_null, make_batch, score, per_device=per_device, batch=batch,
-                        n_queries=x_obs.shape[0], n_cand=ctx["y"].shape[0], dtype=x_obs.dtype,
-                        candidate_level=candidate_level)
+    return _score_device_share(first, n_null, make_batch, x_obs, own_obs, s_obs, ctx,
+                               per_device=per_device, batch=batch, metric=metric, mode=mode,
+                               candidate_level=candidate_level)
 
   rep = PartitionSpec()
   out = sharding.shard_map(local, mesh=mesh, in_specs=(rep,) * 9,
@@ -349,12 +356,9 @@ def _precomputed_chunk(start, n_null, xb, x_obs, own_obs, s_obs, ctx, *, mesh, p
       del idx
       return jax.lax.dynamic_slice_in_dim(xb, offset, batch, axis=0)
 
-    score = functools.partial(_score_batch, x_obs=x_obs, own_obs=own_obs, s_obs=s_obs,
-                              ctx=ctx, metric=metric, mode=mode,
-                              candidate_level=candidate_level)
-    return _device_loop(first, n_null, make_batch, score, per_device=per_device, batch=batch,
-                        n_queries=x_obs.shape[0], n_cand=ctx["y"].shape[0], dtype=x_obs.dtype,
-                        candidate_level=candidate_level)
+    return _score_device_share(first, n_null, make_batch, x_obs, own_obs, s_obs, ctx,
+                               per_device=per_device, batch=batch, metric=metric, mode=mode,
+                               candidate_level=candidate_level)
 
   rep, split = PartitionSpec(), PartitionSpec(sharding.AXIS)
   out = sharding.shard_map(local, mesh=mesh, in_specs=(rep, rep, split, rep, rep, rep, rep),
