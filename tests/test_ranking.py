@@ -248,7 +248,9 @@ def test_consistent_reordering_permutes_ranks_and_keeps_at_k_metrics(seed, ties)
   hits = np.asarray(tb.relevant_in_top_k(s, rel, 2, ties=ties))
   hits_perm = np.asarray(tb.relevant_in_top_k(s[np.ix_(pq, pc)], rel[np.ix_(pq, pc)], 2,
                                               ties=ties))
-  np.testing.assert_array_equal(hits_perm, hits[pq])
+  # Shared top-k places give fractional hits (e.g. 4/3), summed in candidate order: a
+  # reordering may change the last bit of that float sum.
+  np.testing.assert_allclose(hits_perm, hits[pq], rtol=1e-6)
   counts = np.asarray(tb.top1_counts(s))
   np.testing.assert_allclose(np.asarray(tb.top1_counts(s[np.ix_(pq, pc)])), counts[pc],
                              rtol=1e-6)
