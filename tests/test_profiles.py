@@ -77,6 +77,44 @@ def test_in_memory_dense_and_sparse_are_bit_identical_in_any_blocks(normalize, c
   np.testing.assert_allclose(dense.means, want, rtol=1e-12)
 
 
+@pytest.mark.parametrize("normalize", [None, "log1p_cp10k"])
+def test_block_threads_give_the_same_sums_and_pass_errors_on(monkeypatch, normalize):
+  rng = np.random.default_rng(5)
+  adata, _ = make_real(counts=True, n_perturbations=30)
+  adata = adata[rng.permutation(adata.n_obs)].copy()
+  adata.X = sp.csr_matrix(adata.X)
+  by_threads = {}
+  for threads in (1, 3):
+    monkeypatch.setattr(profiles_lib, "_n_threads", lambda t=threads: t)
+    by_threads[threads] = tb.pseudobulk(adata, normalize=normalize, chunk_size=4).means
+  np.testing.assert_array_equal(by_threads[1], by_threads[3])
+  # A block that fails on a worker thread raises here, with its message.
+  adata.X.data[-1] = -2.0
+  with pytest.raises(ValueError, match="non-negative counts"):
+    tb.pseudobulk(adata, normalize="log1p", chunk_size=4)
+
+
+def test_map_in_order_keeps_the_order_and_bounds_the_work_in_flight():
+  import threading
+  import time
+
+  running, most = [0], [0]
+  lock = threading.Lock()
+
+  def work(i):
+    with lock:
+      running[0] += 1
+      most[0] = max(most[0], running[0])
+    time.sleep(0.002 * (i % 3))
+    with lock:
+      running[0] -= 1
+    return i * i
+
+  assert list(profiles_lib._map_in_order(work, list(range(40)), 3)) == [i * i for i in range(40)]
+  assert most[0] <= 3
+  assert list(profiles_lib._map_in_order(work, [], 3)) == []
+
+
 @pytest.mark.parametrize("chunk_size", [1, 2, 3, 4, 100])
 def test_grouped_blocks_cover_each_used_cell_once_in_whole_groups(chunk_size):
   codes = np.array([2, -1, 0, 2, 1, 1, 0, 2, -1, 2, 2, 1])

@@ -14,6 +14,7 @@ import pytest
 import reference as ref
 import twinbench_jax as tb
 from adata_helpers import good_pred, make_pred, make_real, pseudobulk_numpy
+from twinbench_jax._src import evaluate as evaluate_lib
 from twinbench_jax._src import similarity as similarity_lib
 from twinbench_jax.cli import main
 
@@ -211,6 +212,84 @@ def test_evaluate_ranks_and_label_null_on_each_querys_kept_genes(synthetic, metr
   assert report.summary["settings"]["target_genes"] == "mapping of 5 perturbation(s)"
   assert report.baselines["mean"] == 0.0 and report.baselines["control"] == 0.0
   assert any("not_a_gene" in n and "ignored" in n for n in report.notes)
+
+
+def test_evaluate_l1_with_one_target_each_matches_the_loop(synthetic):
+  # One gene per perturbation (cell-eval's exclusion): the single-pass L1 kernel.
+  real, pred, _ = synthetic
+  targets = {"p0": "g0", "p1": "g1", "p2": "g7", "p4": "g3"}
+  report = tb.evaluate(pred, real, metric="l1", target_genes=targets)
+  queries, cands, x, y = _profiles(real, pred)
+  mask = _mask(queries, targets, real.var_names)
+  truth = [cands.index(q) for q in queries]
+  s = _kept_reference(x, y, mask, "l1")
+  rel = np.zeros_like(s, bool)
+  rel[np.arange(len(queries)), truth] = True
+  table = report.per_perturbation
+  np.testing.assert_allclose(table["rank"], ref.truth_ranks(s, rel))
+  cross = np.stack([_kept_reference(x, y[truth[j]][None], np.repeat(mask[j:j + 1], len(x), 0),
+                                    "l1")[:, 0] for j in range(len(queries))], axis=1)
+  p = [np.mean(cross[:, j] >= cross[j, j] - 1e-9) for j in range(len(queries))]
+  np.testing.assert_allclose(table["pvalue"], p)
+  np.testing.assert_allclose(table["own_score"], np.diagonal(cross), rtol=1e-5, atol=1e-5)
+
+
+def _one_gene_kernels(x, y, truth, rows, gene):
+  args = (jnp.asarray(x), jnp.asarray(y), jnp.asarray(truth, jnp.int32),
+          jnp.asarray(rows, jnp.int32), jnp.asarray(gene, jnp.int32))
+  one = jax.jit(evaluate_lib._l1_one_gene_excluded)(*args)
+  masked = jax.jit(evaluate_lib._excluded_scores, static_argnums=5)(
+      *args[:4], args[4][:, None], "l1")
+  return [np.asarray(a) for a in one], [np.asarray(a) for a in masked]
+
+
+def test_one_gene_l1_kernel_equals_the_masked_passes():
+  rng = np.random.default_rng(3)
+  q, g = 30, 40
+  y = (1.0 + rng.normal(size=(q, g))).astype(np.float32)
+  x = (y + 0.5 * rng.normal(size=(q, g))).astype(np.float32)
+  x[:, :5] -= 3.0  # knockdowns on the excluded genes, a few times the kept distance at most
+  gene = rng.integers(0, 5, q).astype(np.int32)
+  gene[[4, 9]] = -1  # queries that exclude nothing
+  truth = rng.permutation(q)
+  (s, cross), (s_m, cross_m) = _one_gene_kernels(x, y, truth, np.arange(q), gene)
+  np.testing.assert_allclose(s, s_m, rtol=2e-6)
+  np.testing.assert_allclose(cross, cross_m, rtol=2e-6)
+  mask = np.zeros((q, g), bool)
+  mask[np.flatnonzero(gene >= 0), gene[gene >= 0]] = True
+  np.testing.assert_allclose(-s, _kept_reference(x, y, mask, "l1") * -1, rtol=2e-6)
+  # the own scores are one computation in both matrices
+  np.testing.assert_array_equal(s[np.arange(q), truth], np.diagonal(cross))
+
+
+def test_one_gene_l1_kernel_is_exact_on_identical_profiles_and_collapsed_models():
+  refs = _far_from_origin(n_refs=20, g=64)
+  preds = refs.copy()
+  gene = np.arange(20, dtype=np.int32) % 3
+  preds[np.arange(20), gene] -= 0.5  # predicted knockdowns, identical elsewhere
+  truth = np.arange(20)
+  (s, cross), _ = _one_gene_kernels(preds, refs, truth, truth, gene)
+  assert np.all(np.diagonal(s) == 0.0) and np.all(np.diagonal(cross) == 0.0)
+  # One profile for every query: each truth sees the same score from every query, p = 1.
+  (_, cross), _ = _one_gene_kernels(preds[:1], refs, truth, np.zeros(20, int), gene)
+  assert np.all(cross == cross[:1])
+
+
+@pytest.mark.parametrize("case", ["nan", "inf", "cancellation"])
+def test_one_gene_l1_kernel_falls_back_to_the_masked_passes(case):
+  refs = _far_from_origin(n_refs=12, g=64)
+  preds = refs[::-1].copy()
+  gene = np.full(12, 7, np.int32)
+  if case == "cancellation":
+    preds[:] = refs  # near matches ...
+    preds += 1e-3 * np.random.default_rng(0).normal(size=preds.shape).astype(np.float32)
+    preds[:, 7] += 500.0  # ... but a huge excluded term: float32 d - 500 loses the kept sum
+  else:
+    refs[3, 7] = np.nan if case == "nan" else np.inf  # a bad value only at an excluded gene
+  (s, cross), (s_m, cross_m) = _one_gene_kernels(preds, refs, np.arange(12), np.arange(12), gene)
+  np.testing.assert_array_equal(s, s_m)
+  np.testing.assert_array_equal(cross, cross_m)
+  assert np.all(np.isfinite(s))
 
 
 def _own_null_pvalues(x, y_truth, nulls, mask, metric):

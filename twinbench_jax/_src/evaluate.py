@@ -231,11 +231,10 @@ def _score_kernel(x, y, truth, rows, exclude, *, metric, k, ties):
   if exclude is None:
     s = similarity_lib._similarity(x, y, metric=metric)[rows]
     cross = s[:, truth]  # [i, j]: own score of prediction i against the truth of query j
+  elif metric == "l1" and exclude.shape[1] == 1:
+    s, cross = _l1_one_gene_excluded(x, y, truth, rows, exclude[:, 0])
   else:
-    s = similarity_lib._similarity_excluded(x[rows], y, exclude, None, metric=metric)
-    # Truth j against every prediction on query j's kept genes (the metrics are symmetric).
-    cross = similarity_lib._similarity_excluded(y[truth], x, exclude, None,
-                                                metric=metric)[:, rows].T
+    s, cross = _excluded_scores(x, y, truth, rows, exclude, metric)
   rel = jnp.arange(s.shape[1])[None, :] == truth[:, None]
   ranks = ranking._truth_ranks(s, rel, ties=ties)
   p_label = pvalues_lib._label_permutation_pvalues(cross)
@@ -244,6 +243,52 @@ def _score_kernel(x, y, truth, rows, exclude, *, metric, k, ties):
   curve, bh = _finish(p_label, ranks, k)
   return (ranks, jnp.diagonal(cross), p_label, top1, popularity, ranking.gini(popularity), curve,
           bh)
+
+
+def _excluded_scores(x, y, truth, rows, exclude, metric):
+  """`(s, cross)` of `_score_kernel` with per-query excluded genes, two masked passes."""
+  s = similarity_lib._similarity_excluded(x[rows], y, exclude, None, metric=metric)
+  # Truth j against every prediction on query j's kept genes (the metrics are symmetric).
+  cross = similarity_lib._similarity_excluded(y[truth], x, exclude, None,
+                                              metric=metric)[:, rows].T
+  return s, cross
+
+
+def _l1_one_gene_excluded(x, y, truth, rows, gene):
+  """`(s, cross)` for L1 with one excluded gene per query (`gene`, -1 = none): one L1 pass.
+
+  Both matrices are the all-gene distances `d = |x_r - y_c|_1` less the
+  excluded gene's term (`similarity.l1_minus_gene`), where the masked passes
+  of `_excluded_scores` read all of `[Q, C, G]` twice. The exclusion of
+  cell-eval's discrimination score (each perturbation's own gene) has this
+  form. The masked passes run instead when the subtraction cannot be trusted:
+  a non-finite value at an excluded gene (`d` minus its term would be NaN),
+  or a term more than `_MAX_TERM_RATIO` times the distance left after it (the
+  rounding of `d` would then outweigh the rounding of a masked sum). A
+  difference of exactly 0 is exact either way and never falls back.
+  """
+  q = rows.shape[0]
+  ok = (gene >= 0) & (gene < x.shape[1])
+  g = jnp.where(ok, gene, 0)
+  x_q = x[rows]  # [Q, G]: the prediction each query is scored with
+  d = similarity_lib.l1_distances(x, y)[rows]  # [Q, C]
+  own = (d, x_q[jnp.arange(q), g][:, None], y[:, g].T, ok[:, None])  # query q's gene
+  cross = (d[:, truth], x_q[:, g], y[truth, g][None, :], ok[None, :])  # [i, j]: query j's gene
+
+  def trusted(d, x_at, y_at, valid):
+    term = jnp.abs(x_at - y_at)
+    rest = d - term
+    return jnp.all(~valid | (jnp.isfinite(term) & ~((rest > 0) & (term > _MAX_TERM_RATIO * rest))))
+
+  return jax.lax.cond(
+      trusted(*own) & trusted(*cross),
+      lambda: (-similarity_lib.l1_minus_gene(*own), -similarity_lib.l1_minus_gene(*cross)),
+      lambda: _excluded_scores(x, y, truth, rows, gene[:, None], "l1"))
+
+
+# Largest excluded term, relative to the distance over the other genes, for which
+# the all-gene L1 less that term stands in for the masked sum (4 bits of rounding).
+_MAX_TERM_RATIO = 16.0
 
 
 _STATIC = ("metric", "k", "ties")

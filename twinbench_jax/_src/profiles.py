@@ -23,6 +23,8 @@ import scipy.sparse as sp
 
 # Entries (cells x genes) of one row block when `chunk_size=None`: 32 MB of float64 if dense.
 _BLOCK_ELEMENTS = 1 << 22
+# Threads that sum blocks of an in-memory matrix at once (more rarely pay off: memory bound).
+_MAX_THREADS = 8
 
 # normalize= name -> target sum per cell (None: log1p only, no library-size scaling).
 NORMALIZATIONS = {"log1p": None, "log1p_cp10k": 1e4, "log1p_cpm": 1e6}
@@ -308,6 +310,46 @@ def _grouped_blocks(codes: np.ndarray, chunk_size: int) -> list[np.ndarray]:
   return blocks
 
 
+def _n_threads() -> int:
+  """Threads for in-memory pseudobulks: the cores this process may use, at most `_MAX_THREADS`."""
+  try:
+    cores = len(os.sched_getaffinity(0))
+  except AttributeError:  # pragma: no cover - platforms without sched_getaffinity
+    cores = os.cpu_count() or 1
+  return max(1, min(cores, _MAX_THREADS))
+
+
+def _map_in_order(fn, items: Sequence, threads: int) -> Iterable:
+  """`fn` over `items` on up to `threads` threads, yielding the results in order.
+
+  At most twice `threads` items are in flight, so memory stays bounded by a few
+  blocks; an exception cancels what has not started and propagates.
+  """
+  if threads <= 1 or len(items) <= 1:
+    yield from map(fn, items)
+    return
+  from concurrent.futures import ThreadPoolExecutor
+
+  pool = ThreadPoolExecutor(max_workers=threads)
+  try:
+    pending, it = [], iter(items)
+    for item in it:
+      pending.append(pool.submit(fn, item))
+      if len(pending) >= 2 * threads:
+        break
+    while pending:
+      result = pending.pop(0).result()
+      nxt = next(it, _DONE)
+      if nxt is not _DONE:
+        pending.append(pool.submit(fn, nxt))
+      yield result
+  finally:
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+_DONE = object()
+
+
 def group_sums(
     source: Source,
     codes: np.ndarray,
@@ -322,8 +364,10 @@ def group_sums(
   """Per-group sums of (normalised) expression, over blocks of cells.
 
   A matrix held in memory (numpy or CSR) is read group by group (`_grouped_blocks`):
-  each block touches few groups, so its partial sums are small. A backed or
-  on-disk matrix streams in row order, `chunk_size` cells at a time.
+  each block touches few groups, so its partial sums are small, and blocks are
+  summed on several threads (added in block order: the same sums on any
+  number of threads). A backed or on-disk matrix streams in row order,
+  `chunk_size` cells at a time.
 
   Args:
     source: from `open_source`.
@@ -355,17 +399,14 @@ def group_sums(
     blocks = [(np.arange(start, min(start + chunk_size, n)),
                lambda start=start: _rows(mat, start, min(start + chunk_size, n)))
               for start in range(0, n, chunk_size)]
-  if progress and len(blocks) > 1:
-    from tqdm import tqdm
 
-    # disable=None: a bar on a terminal, silent when stderr is not one.
-    blocks = tqdm(blocks, desc=desc or f"reading {source.name}", unit="block", leave=False,
-                  disable=None)
-  for cells, read in blocks:
+  def block_sums(block_plan):
+    """`(first group, [groups, G] partial sums)` of one block, or None when it has no used cell."""
+    cells, read = block_plan
     c = codes[cells]
     keep = np.flatnonzero(c >= 0)
     if keep.size == 0:
-      continue
+      return None
     lo, hi = int(c[keep].min()), int(c[keep].max()) + 1
     indicator = sp.csr_matrix((np.ones(keep.size), (c[keep] - lo, keep)),
                               shape=(hi - lo, cells.size))
@@ -373,12 +414,27 @@ def group_sums(
     if normalize is None and not sp.issparse(block):
       # Dense without normalisation: a sparse-times-dense product adds the same terms in the
       # same order as the sparse path below (zeros aside), so profiles stay bit-identical.
-      sums[lo:hi] += indicator @ np.asarray(block, np.float64)
-      continue
+      return lo, indicator @ np.asarray(block, np.float64)
     blk = _block_as_csr(block)
     if normalize is not None:
       blk = _normalize_block(blk, normalize, source, where)
-    sums[lo:hi] += (indicator @ blk).toarray()
+    return lo, (indicator @ blk).toarray()
+
+  # In memory, blocks are summed on several threads (scipy's sparse products release
+  # the GIL); the partial sums are still added in block order, so the result is the
+  # same on any number of threads. Streamed reads stay on this thread.
+  threads = _n_threads() if _in_memory(mat) else 1
+  results = _map_in_order(block_sums, blocks, threads)
+  if progress and len(blocks) > 1:
+    from tqdm import tqdm
+
+    # disable=None: a bar on a terminal, silent when stderr is not one.
+    results = tqdm(results, total=len(blocks), desc=desc or f"reading {source.name}",
+                   unit="block", leave=False, disable=None)
+  for res in results:
+    if res is not None:
+      lo, part = res
+      sums[lo:lo + part.shape[0]] += part
   # NaN and inf propagate into the float64 sums (finite float32 input cannot overflow
   # them), so one check of the result replaces a pass over every value; a second pass
   # names the first bad cell.

@@ -194,6 +194,24 @@ def l1_distances(x: jax.Array, y: jax.Array) -> jax.Array:
   return _blocked(x, y, lambda a, b: jnp.sum(jnp.abs(a - b), axis=-1))
 
 
+def l1_minus_gene(d: jax.Array, x_at: jax.Array, y_at: jax.Array, gene_ok: jax.Array
+                  ) -> jax.Array:
+  r"""L1 distances over all genes less one gene's term, :math:`d - |x_e - y_e|` (clamped at 0).
+
+  With a single excluded gene per query this turns one all-gene L1 pass into
+  the distances without that gene. It is exact where it matters: when the two
+  vectors agree on every other gene, `d` is the lone term itself (adding zeros
+  is exact), so the result is exactly 0. Otherwise it matches the masked sum
+  up to float rounding of `d`. All arguments broadcast together.
+
+  Args:
+    d: L1 distances over all genes.
+    x_at, y_at: the two vectors' values at the excluded gene.
+    gene_ok: False where nothing is excluded (the result is `d`).
+  """
+  return jnp.where(gene_ok, jnp.maximum(d - jnp.abs(x_at - y_at), 0.0), d)
+
+
 def _blocked(x: jax.Array, y: jax.Array, pair_fn, keep: Optional[jax.Array] = None
              ) -> jax.Array:
   """`pair_fn(x[:, None], y[None])` over blocks of queries, never all of `[Q, C, G]` at once.
