@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -92,6 +94,27 @@ def test_block_threads_give_the_same_sums_and_pass_errors_on(monkeypatch, normal
   adata.X.data[-1] = -2.0
   with pytest.raises(ValueError, match="non-negative counts"):
     tb.pseudobulk(adata, normalize="log1p", chunk_size=4)
+
+
+def _pseudobulk_in_child(adata, queue):
+  queue.put(tb.pseudobulk(adata, chunk_size=4).means)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_pseudobulk_threads_work_in_a_forked_child(monkeypatch):
+  import multiprocessing
+
+  monkeypatch.setattr(profiles_lib, "_n_threads", lambda: 2)
+  adata, _ = make_real(n_perturbations=12)
+  adata.X = sp.csr_matrix(adata.X)
+  want = tb.pseudobulk(adata, chunk_size=4).means  # the parent's pool now exists
+  ctx = multiprocessing.get_context("fork")
+  queue = ctx.Queue()
+  child = ctx.Process(target=_pseudobulk_in_child, args=(adata, queue))
+  child.start()
+  got = queue.get(timeout=60)
+  child.join(timeout=60)
+  np.testing.assert_array_equal(got, want)
 
 
 def test_map_in_order_keeps_the_order_and_bounds_the_work_in_flight():

@@ -14,6 +14,7 @@ Nothing here imports JAX: the profiles are numpy arrays handed to the core.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Iterable, Optional, Sequence
 
@@ -323,16 +324,16 @@ def _map_in_order(fn, items: Sequence, threads: int) -> Iterable:
   """`fn` over `items` on up to `threads` threads, yielding the results in order.
 
   At most twice `threads` items are in flight, so memory stays bounded by a few
-  blocks; an exception cancels what has not started and propagates.
+  blocks; an exception cancels what has not started and propagates. The
+  threads are kept between calls: new threads each time would spread the
+  blocks' memory over new allocator arenas, and the process would grow.
   """
   if threads <= 1 or len(items) <= 1:
     yield from map(fn, items)
     return
-  from concurrent.futures import ThreadPoolExecutor
-
-  pool = ThreadPoolExecutor(max_workers=threads)
+  pool = _pool(threads)
+  pending, it = [], iter(items)
   try:
-    pending, it = [], iter(items)
     for item in it:
       pending.append(pool.submit(fn, item))
       if len(pending) >= 2 * threads:
@@ -344,8 +345,23 @@ def _map_in_order(fn, items: Sequence, threads: int) -> Iterable:
         pending.append(pool.submit(fn, nxt))
       yield result
   finally:
-    pool.shutdown(wait=True, cancel_futures=True)
+    for future in pending:
+      future.cancel()
+    for future in pending:  # nothing may still read the matrix once we return
+      if not future.cancelled():
+        future.exception()
 
+
+@functools.lru_cache(maxsize=None)
+def _pool(threads: int):
+  from concurrent.futures import ThreadPoolExecutor
+
+  return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="twinbench-pseudobulk")
+
+
+# A forked child has none of the parent's threads: it starts its own pool.
+if hasattr(os, "register_at_fork"):
+  os.register_at_fork(after_in_child=_pool.cache_clear)
 
 _DONE = object()
 
