@@ -96,25 +96,35 @@ def test_block_threads_give_the_same_sums_and_pass_errors_on(monkeypatch, normal
     tb.pseudobulk(adata, normalize="log1p", chunk_size=4)
 
 
-def _pseudobulk_in_child(adata, queue):
-  queue.put(tb.pseudobulk(adata, chunk_size=4).means)
+_FORK_SCRIPT = """
+import os, sys
+import numpy as np, scipy.sparse as sp
+from twinbench_jax._src import profiles
+profiles._n_threads = lambda: 2
+rng = np.random.default_rng(0)
+x = sp.random(400, 30, density=0.3, format="csr", random_state=0)
+codes = rng.integers(0, 12, 400)
+src = profiles.open_source(__import__("anndata").AnnData(x), "x")
+want = profiles.group_sums(src, codes, 12, chunk_size=40)[0]  # the pool now exists
+pid = os.fork()
+if pid == 0:
+  ok = np.array_equal(profiles.group_sums(src, codes, 12, chunk_size=40)[0], want)
+  os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_pseudobulk_threads_work_in_a_forked_child(monkeypatch):
-  import multiprocessing
+def test_pseudobulk_threads_work_in_a_forked_child():
+  # A fresh process that never starts JAX's runtime threads, so the fork itself is safe;
+  # without a new pool in the child its blocks would wait forever on the parent's threads.
+  import subprocess
+  import sys
 
-  monkeypatch.setattr(profiles_lib, "_n_threads", lambda: 2)
-  adata, _ = make_real(n_perturbations=12)
-  adata.X = sp.csr_matrix(adata.X)
-  want = tb.pseudobulk(adata, chunk_size=4).means  # the parent's pool now exists
-  ctx = multiprocessing.get_context("fork")
-  queue = ctx.Queue()
-  child = ctx.Process(target=_pseudobulk_in_child, args=(adata, queue))
-  child.start()
-  got = queue.get(timeout=60)
-  child.join(timeout=60)
-  np.testing.assert_array_equal(got, want)
+  res = subprocess.run([sys.executable, "-c", _FORK_SCRIPT], capture_output=True, text=True,
+                       timeout=120)
+  assert res.returncode == 0, res.stderr
 
 
 def test_map_in_order_keeps_the_order_and_bounds_the_work_in_flight():

@@ -967,6 +967,13 @@ def evaluate(
   return report
 
 
+def _columns(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+  """`a[:, idx]`, without the copy when `idx` takes every column in order (the usual case)."""
+  if idx.shape[0] == a.shape[1] and np.array_equal(idx, np.arange(a.shape[1])):
+    return a
+  return a[:, idx]
+
+
 def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, include_control,
               layer, pred_layer, norm_real, norm_pred, genes, n_top_genes, strict_genes,
               target_spec, delta, unmatched, metric, k, ties, null, null_kind, n_null, predict_fn,
@@ -1032,7 +1039,7 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
                                          normalize=norm_real, chunk_size=chunk_size,
                                          progress=progress, desc="real cells")
   real_gidx = real.var_names.get_indexer(shared)
-  sums = sums[:, real_gidx]
+  sums = _columns(sums, real_gidx)
   n_real = counts[0::2] + counts[1::2]
   real_full = (sums[0::2] + sums[1::2]) / n_real[:, None]
   pred_groups = list(queries) + ([control] if delta == "pred_control" else [])
@@ -1041,7 +1048,7 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
                                            normalize=norm_pred, chunk_size=chunk_size,
                                            progress=progress, desc="predictions")
   pred_gidx = pred.var_names.get_indexer(shared)
-  pred_full = psums[:, pred_gidx] / pcounts[:, None]
+  pred_full = _columns(psums, pred_gidx) / pcounts[:, None]
 
   n_cand = len(candidates)
   cand_profiles = real_full[:n_cand]
