@@ -7,6 +7,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -287,6 +288,30 @@ def test_report_json_save_and_plots(pair, tmp_path):
     rep.summary["auc_f1"] = 1.0  # read-only
   with pytest.raises(AttributeError):
     rep.genes = ()  # frozen
+
+
+@pytest.mark.parametrize("n", [12, 500])
+def test_popularity_plot_draws_every_count_most_popular_first(n):
+  import types
+
+  from matplotlib.figure import Figure
+
+  from twinbench_jax._src import plots
+
+  counts = np.random.default_rng(n).integers(0, 9, n)
+  report = types.SimpleNamespace(
+      popularity=pd.DataFrame({"perturbation": [f"p{i}" for i in range(n)],
+                               "top1_count": counts}),
+      summary={"n_queries": int(counts.sum()), "popularity_gini": 0.5})
+  ax = plots.plot_popularity(report, ax=Figure().add_subplot())
+  want = np.sort(counts)[::-1]
+  if n <= 60:  # labelled bars
+    np.testing.assert_array_equal([b.get_height() for b in ax.patches], want)
+    first = ax.get_xticklabels()[0].get_text()
+    assert counts[int(first[1:])] == counts.max()
+  else:  # one filled outline over the same heights
+    assert len(ax.patches) == 1
+    np.testing.assert_array_equal(ax.patches[0].get_data().values, want)
 
 
 def test_bad_input_messages(pair):

@@ -55,6 +55,11 @@ def test_dense_sparse_backed_and_chunked_profiles_agree(tmp_path):
   # One sparse code path: dense and sparse inputs are bit-identical.
   for other in (sparse, from_path, backed):
     np.testing.assert_array_equal(other.means, dense.means)
+  csc = csr.copy()
+  csc.X = sp.csc_matrix(csc.X)
+  csc.write_h5ad(tmp_path / "csc.h5ad")  # column-compressed on disk: read through anndata
+  np.testing.assert_array_equal(
+      tb.pseudobulk(tmp_path / "csc.h5ad", normalize="log1p_cp10k").means, dense.means)
   small_blocks = tb.pseudobulk(path, normalize="log1p_cp10k", chunk_size=7)
   np.testing.assert_allclose(small_blocks.means, dense.means, rtol=1e-12)
   assert np.isfinite(dense.means).all()
@@ -80,16 +85,19 @@ def test_in_memory_dense_and_sparse_are_bit_identical_in_any_blocks(normalize, c
 
 
 @pytest.mark.parametrize("normalize", [None, "log1p_cp10k"])
-def test_block_threads_give_the_same_sums_and_pass_errors_on(monkeypatch, normalize):
+def test_block_threads_give_the_same_sums_and_pass_errors_on(monkeypatch, tmp_path, normalize):
   rng = np.random.default_rng(5)
   adata, _ = make_real(counts=True, n_perturbations=30)
   adata = adata[rng.permutation(adata.n_obs)].copy()
   adata.X = sp.csr_matrix(adata.X)
-  by_threads = {}
-  for threads in (1, 3):
-    monkeypatch.setattr(profiles_lib, "_n_threads", lambda t=threads: t)
-    by_threads[threads] = tb.pseudobulk(adata, normalize=normalize, chunk_size=4).means
-  np.testing.assert_array_equal(by_threads[1], by_threads[3])
+  path = tmp_path / "cells.h5ad"
+  adata.write_h5ad(path)
+  for source in (adata, path):  # in memory, and streamed from the file
+    by_threads = {}
+    for threads in (1, 3):
+      monkeypatch.setattr(profiles_lib, "_n_threads", lambda t=threads: t)
+      by_threads[threads] = tb.pseudobulk(source, normalize=normalize, chunk_size=4).means
+    np.testing.assert_array_equal(by_threads[1], by_threads[3])
   # A block that fails on a worker thread raises here, with its message.
   adata.X.data[-1] = -2.0
   with pytest.raises(ValueError, match="non-negative counts"):

@@ -134,11 +134,34 @@ def _from_anndata(adata, name: str) -> Source:
       matrices={"X": adata.X, **layers}, layer_names=list(adata.layers.keys()))
 
 
+class _H5CSR:
+  """A CSR matrix in an open `.h5ad` group, read by row blocks straight from its datasets.
+
+  Row blocks are all `group_sums` asks for; reading `data`/`indices` slices with
+  h5py skips the per-call checks of anndata's general sparse dataset.
+  """
+
+  def __init__(self, group):
+    self._group = group
+    self.shape = tuple(int(n) for n in group.attrs["shape"])
+    self._indptr = None
+
+  def rows(self, start: int, stop: int) -> sp.csr_matrix:
+    if self._indptr is None:  # read once: (n_obs + 1) integers
+      self._indptr = np.asarray(self._group["indptr"][...], np.int64)
+    lo, hi = int(self._indptr[start]), int(self._indptr[stop])
+    return sp.csr_matrix((self._group["data"][lo:hi], self._group["indices"][lo:hi],
+                          self._indptr[start:stop + 1] - lo), shape=(stop - start, self.shape[1]))
+
+
 def _h5_matrix(node):
   import h5py  # a dependency of anndata
 
   if isinstance(node, h5py.Dataset):
     return node
+  if (node.attrs.get("encoding-type") == "csr_matrix" and "shape" in node.attrs
+      and all(k in node for k in ("data", "indices", "indptr"))):
+    return _H5CSR(node)
   return _anndata_io()[1](node)
 
 
@@ -225,6 +248,8 @@ def check_normalize(normalize: Optional[str], name: str = "normalize") -> Option
 
 def _rows(mat, start: int, stop: int):
   """Rows `start:stop` of a matrix; an in-memory CSR block is a view (no copy of the data)."""
+  if isinstance(mat, _H5CSR):
+    return mat.rows(start, stop)
   if sp.issparse(mat) and mat.format == "csr":
     lo, hi = mat.indptr[start], mat.indptr[stop]
     return sp.csr_matrix((mat.data[lo:hi], mat.indices[lo:hi], mat.indptr[start:stop + 1] - lo),
@@ -320,19 +345,21 @@ def _n_threads() -> int:
   return max(1, min(cores, _MAX_THREADS))
 
 
-def _map_in_order(fn, items: Sequence, threads: int) -> Iterable:
-  """`fn` over `items` on up to `threads` threads, yielding the results in order.
+def _map_in_order(fn, items: Sequence, threads: int, prepare=None) -> Iterable:
+  """`fn(prepare(item))` over `items` on up to `threads` threads, yielding the results in order.
 
-  At most twice `threads` items are in flight, so memory stays bounded by a few
-  blocks; an exception cancels what has not started and propagates. The
-  threads are kept between calls: new threads each time would spread the
-  blocks' memory over new allocator arenas, and the process would grow.
+  `prepare` (default: none) runs on the calling thread, in order, as items are
+  handed out. At most twice `threads` items are in flight, so memory stays
+  bounded by a few blocks; an exception cancels what has not started and
+  propagates. The threads are kept between calls: new threads each time would
+  spread the blocks' memory over new allocator arenas, and the process would grow.
   """
+  prepared = items if prepare is None else map(prepare, items)
   if threads <= 1 or len(items) <= 1:
-    yield from map(fn, items)
+    yield from map(fn, prepared)
     return
   pool = _pool(threads)
-  pending, it = [], iter(items)
+  pending, it = [], iter(prepared)
   try:
     for item in it:
       pending.append(pool.submit(fn, item))
@@ -408,17 +435,9 @@ def group_sums(
   codes = np.asarray(codes)
   sums = np.zeros((n_groups, g), np.float64)
   counts = np.bincount(codes[codes >= 0], minlength=n_groups)[:n_groups]
-  if _in_memory(mat):
-    blocks = [(cells, lambda cells=cells: mat[cells]) for cells in
-              _grouped_blocks(codes, chunk_size)]
-  else:
-    blocks = [(np.arange(start, min(start + chunk_size, n)),
-               lambda start=start: _rows(mat, start, min(start + chunk_size, n)))
-              for start in range(0, n, chunk_size)]
 
-  def block_sums(block_plan):
+  def block_sums(cells, block):
     """`(first group, [groups, G] partial sums)` of one block, or None when it has no used cell."""
-    cells, read = block_plan
     c = codes[cells]
     keep = np.flatnonzero(c >= 0)
     if keep.size == 0:
@@ -426,7 +445,6 @@ def group_sums(
     lo, hi = int(c[keep].min()), int(c[keep].max()) + 1
     indicator = sp.csr_matrix((np.ones(keep.size), (c[keep] - lo, keep)),
                               shape=(hi - lo, cells.size))
-    block = read()
     if normalize is None and not sp.issparse(block):
       # Dense without normalisation: a sparse-times-dense product adds the same terms in the
       # same order as the sparse path below (zeros aside), so profiles stay bit-identical.
@@ -436,11 +454,22 @@ def group_sums(
       blk = _normalize_block(blk, normalize, source, where)
     return lo, (indicator @ blk).toarray()
 
-  # In memory, blocks are summed on several threads (scipy's sparse products release
-  # the GIL); the partial sums are still added in block order, so the result is the
-  # same on any number of threads. Streamed reads stay on this thread.
-  threads = _n_threads() if _in_memory(mat) else 1
-  results = _map_in_order(block_sums, blocks, threads)
+  # Blocks are summed on several threads (scipy's sparse products release the GIL);
+  # the partial sums are still added in block order, so the result is the same on
+  # any number of threads.
+  if _in_memory(mat):
+    blocks = _grouped_blocks(codes, chunk_size)
+    results = _map_in_order(lambda cells: block_sums(cells, mat[cells]), blocks, _n_threads())
+  else:
+    blocks = [np.arange(start, min(start + chunk_size, n)) for start in range(0, n, chunk_size)]
+
+    def read(cells):
+      # On the calling thread (file reads are not thread-safe), while the threads sum the
+      # blocks read before; a block without a used cell is not read at all.
+      used = np.any(codes[cells] >= 0)
+      return cells, _rows(mat, int(cells[0]), int(cells[-1]) + 1) if used else None
+
+    results = _map_in_order(lambda item: block_sums(*item), blocks, _n_threads(), prepare=read)
   if progress and len(blocks) > 1:
     from tqdm import tqdm
 
