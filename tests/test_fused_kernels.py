@@ -16,7 +16,7 @@ def _separate(s, ties):
   return (ranking._truth_ranks_identity(s, ties=ties), pvalues._label_permutation_pvalues(s))
 
 
-@pytest.mark.parametrize("q", [1, 2, 15, 16, 17, 50, 200])
+@pytest.mark.parametrize("q", [1, 2, 15, 16, 17, 50, 200, 1024, 1088, 1100])
 @pytest.mark.parametrize("ties", ["average", "optimistic", "pessimistic"])
 def test_identity_pass_equals_the_two_passes(q, ties):
   rng = np.random.default_rng(q)

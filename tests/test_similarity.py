@@ -35,6 +35,21 @@ def test_every_metric_matches_loop_reference(metric):
   np.testing.assert_allclose(got, ref.similarity(x, y, metric), rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("metric", ["sqeuclidean", "euclidean"])
+def test_a_non_finite_reference_leaves_the_other_candidates_exact(metric):
+  x, y = _data(2)
+  y = y + 100.0  # far from the origin: the centring matters
+  x = x + 100.0
+  x[0] = y[4]  # an identical prediction
+  y[2, 3] = np.nan
+  y[5, 0] = np.inf
+  got = np.asarray(tb.similarity(x, y, metric=metric))
+  ok = np.array([c not in (2, 5) for c in range(y.shape[0])])
+  np.testing.assert_allclose(got[:, ok], ref.similarity(x, y[ok], metric), rtol=2e-5)
+  assert np.isnan(got[:, 2]).all() and np.all(got[:, 5] == -np.inf)
+  assert got[0, 4] == 0.0
+
+
 def test_default_metric_is_negative_squared_euclidean():
   x, y = _data(1)
   np.testing.assert_array_equal(np.asarray(tb.similarity(x, y)),
