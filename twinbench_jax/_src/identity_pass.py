@@ -27,6 +27,7 @@ from twinbench_jax._src import pvalues as pvalues_lib
 from twinbench_jax._src import ranking
 from twinbench_jax._src import validation
 
+
 def _block_rows(q: int) -> int:
   """Rows per block: 16 suit Q up to about a thousand, 64 larger matrices (CPU timings)."""
   return 16 if q <= 1024 else 64

@@ -24,7 +24,7 @@ import scipy.sparse as sp
 
 # Entries (cells x genes) of one row block when `chunk_size=None`: 32 MB of float64 if dense.
 _BLOCK_ELEMENTS = 1 << 22
-# Threads that sum blocks of an in-memory matrix at once (more rarely pay off: memory bound).
+# Most threads that sum row blocks at once (more rarely pay off: the sums are memory bound).
 _MAX_THREADS = 8
 
 # normalize= name -> target sum per cell (None: log1p only, no library-size scaling).
@@ -337,7 +337,7 @@ def _grouped_blocks(codes: np.ndarray, chunk_size: int) -> list[np.ndarray]:
 
 
 def _n_threads() -> int:
-  """Threads for in-memory pseudobulks: the cores this process may use, at most `_MAX_THREADS`."""
+  """Threads that sum pseudobulk blocks: the cores this process may use, at most `_MAX_THREADS`."""
   try:
     cores = len(os.sched_getaffinity(0))
   except AttributeError:  # pragma: no cover - platforms without sched_getaffinity
@@ -410,7 +410,8 @@ def group_sums(
   each block touches few groups, so its partial sums are small, and blocks are
   summed on several threads (added in block order: the same sums on any
   number of threads). A backed or on-disk matrix streams in row order,
-  `chunk_size` cells at a time.
+  `chunk_size` cells at a time, read on this thread while the threads sum the
+  blocks read before.
 
   Args:
     source: from `open_source`.
