@@ -234,6 +234,25 @@ def test_evaluate_l1_with_one_target_each_matches_the_loop(synthetic):
   np.testing.assert_allclose(table["own_score"], np.diagonal(cross), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("metric", ["l1", "sqeuclidean"])
+def test_mean_baseline_scores_one_profile_against_every_candidate(synthetic, metric):
+  # The mean baseline predicts the same profile for every query: ranks from that one row.
+  real, pred, _ = synthetic
+  targets = {"p0": "g0", "p1": "g1", "p2": "g7", "p4": "g3"}
+  report = tb.evaluate(pred, real, metric=metric, target_genes=targets)
+  queries, cands, _, y = _profiles(real, pred)
+  mean = y.mean(axis=0, keepdims=True)
+  mask = _mask(queries, targets, real.var_names)
+  truth = [cands.index(q) for q in queries]
+  s = np.concatenate([_kept_reference(mean, y, mask[q:q + 1], metric) for q in range(len(queries))])
+  rel = np.zeros_like(s, bool)
+  rel[np.arange(len(queries)), truth] = True
+  table = report.baseline_tables["mean"]
+  np.testing.assert_allclose(table["rank"], ref.truth_ranks(s, rel))
+  np.testing.assert_allclose(table["own_score"], s[rel], rtol=1e-4, atol=1e-4)
+  assert (table["pvalue"] == 1.0).all() and report.baselines["mean"] == 0.0
+
+
 def _one_gene_kernels(x, y, truth, rows, gene):
   args = (jnp.asarray(x), jnp.asarray(y), jnp.asarray(truth, jnp.int32),
           jnp.asarray(rows, jnp.int32), jnp.asarray(gene, jnp.int32))

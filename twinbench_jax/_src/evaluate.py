@@ -298,12 +298,15 @@ _score_jit = jax.jit(_score_kernel, static_argnames=_STATIC)
 # call at a runtime cost that is negligible at this size.
 _score_jit_small = jax.jit(_score_kernel, static_argnames=_STATIC,
                            compiler_options={"xla_backend_optimization_level": 0})
-# Entries of `x` and `y` (rows x genes) up to which the small-problem kernel is used.
+# Entries of `x` and `y` (rows x genes), and of the `[Q, C]` score matrix, up to which
+# the small-problem kernel is used.
 _SMALL = 1 << 21
+_SMALL_SCORES = 1 << 18
 
 
 def _run_score_kernel(x, y, truth, rows, exclude, **kwargs):
-  small = (x.shape[0] + y.shape[0]) * x.shape[1] <= _SMALL
+  small = ((x.shape[0] + y.shape[0]) * x.shape[1] <= _SMALL
+           and rows.shape[0] * y.shape[0] <= _SMALL_SCORES)
   return (_score_jit_small if small else _score_jit)(x, y, truth, rows, exclude, **kwargs)
 
 
@@ -1116,7 +1119,8 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
   for name in baselines:
     if name in ("mean", "control"):
       profile = (baselines_lib.mean_profile(cand_profiles) if name == "mean" else control_real)
-      x = np.broadcast_to(ctx.transform_real(profile), (n_q, profile.shape[0]))
+      # One profile for every query: similarities of that one row, shared by all queries.
+      x = ctx.transform_real(profile)[None, :]
       n_pred = int(cand_n.sum()) if name == "mean" else int(n_real[real_groups.index(control)])
       scored[name] = _score(queries, x, references, truth, np.zeros(n_q), metric=metric, k=k,
                             ties=ties, exclude=q_exclude)
