@@ -234,9 +234,13 @@ def test_evaluate_l1_with_one_target_each_matches_the_loop(synthetic):
   np.testing.assert_allclose(table["own_score"], np.diagonal(cross), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("one_row", [False, True])
 @pytest.mark.parametrize("metric", ["l1", "sqeuclidean"])
-def test_mean_baseline_scores_one_profile_against_every_candidate(synthetic, metric):
-  # The mean baseline predicts the same profile for every query: ranks from that one row.
+def test_mean_baseline_scores_one_profile_against_every_candidate(synthetic, monkeypatch, metric,
+                                                                  one_row):
+  # The mean baseline predicts the same profile for every query: ranks from that one row,
+  # passed as Q copies (small problems) or as the single row (large ones).
+  monkeypatch.setattr(evaluate_lib, "_ONE_ROW_ELEMENTS", 0 if one_row else 1 << 62)
   real, pred, _ = synthetic
   targets = {"p0": "g0", "p1": "g1", "p2": "g7", "p4": "g3"}
   report = tb.evaluate(pred, real, metric=metric, target_genes=targets)

@@ -977,6 +977,24 @@ def _columns(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
   return a[:, idx]
 
 
+def _one_profile_rows(profile: np.ndarray, n_q: int, n_c: int) -> np.ndarray:
+  """The rows a baseline that predicts `profile` for all `n_q` queries is scored with.
+
+  Every query points at row 0 (`_score`'s `rows`). A small problem passes the
+  model's `[Q, G]` shape, so the kernel compiled for the model is reused
+  (a compile costs about a second; its Q identical similarity rows cost
+  little); a large one passes the single row, compiled once for all such
+  baselines, where Q identical rows would cost more than the compile.
+  """
+  if n_q * n_c * profile.shape[0] < _ONE_ROW_ELEMENTS:
+    return np.broadcast_to(profile, (n_q, profile.shape[0]))
+  return profile[None, :]
+
+
+# Q x C x G from which a one-profile baseline is scored as a single row.
+_ONE_ROW_ELEMENTS = 1 << 30
+
+
 def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, include_control,
               layer, pred_layer, norm_real, norm_pred, genes, n_top_genes, strict_genes,
               target_spec, delta, unmatched, metric, k, ties, null, null_kind, n_null, predict_fn,
@@ -1119,8 +1137,7 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
   for name in baselines:
     if name in ("mean", "control"):
       profile = (baselines_lib.mean_profile(cand_profiles) if name == "mean" else control_real)
-      # One profile for every query: similarities of that one row, shared by all queries.
-      x = ctx.transform_real(profile)[None, :]
+      x = _one_profile_rows(ctx.transform_real(profile), n_q, len(candidates))
       n_pred = int(cand_n.sum()) if name == "mean" else int(n_real[real_groups.index(control)])
       scored[name] = _score(queries, x, references, truth, np.zeros(n_q), metric=metric, k=k,
                             ties=ties, exclude=q_exclude)
