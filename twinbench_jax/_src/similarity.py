@@ -125,8 +125,16 @@ def similarity(
 @functools.partial(jax.jit, static_argnames=("metric", "exact"))
 def _similarity(x: jax.Array, y: jax.Array, *, metric: str, exact: bool = True) -> jax.Array:
   # `exact=False` skips the near-zero guard of the squared distance (see
-  # `squared_distances`); for the null replicates of a model, which only need
-  # to be compared with the observed scores, not to be exactly 0 themselves.
+  # `squared_distances`) and the identical-rows guarantee; for the null
+  # replicates of a model, which only need to be compared with the observed
+  # scores, not to be exactly 0 or equal among themselves.
+  s = _similarity_rows(x, y, metric=metric, exact=exact)
+  if exact and metric != "l1":  # L1 sums each pair on its own: identical rows agree already
+    s = same_rows_same_scores(s, x)
+  return s
+
+
+def _similarity_rows(x: jax.Array, y: jax.Array, *, metric: str, exact: bool) -> jax.Array:
   if metric == "sqeuclidean":
     return -squared_distances(x, y, exact=exact)
   if metric == "euclidean":
@@ -138,6 +146,74 @@ def _similarity(x: jax.Array, y: jax.Array, *, metric: str, exact: bool = True) 
   if metric == "pearson":
     return _cosine(x - x.mean(axis=1, keepdims=True), y - y.mean(axis=1, keepdims=True))
   raise AssertionError(metric)  # checked by the caller
+
+
+def same_rows_same_scores(s: jax.Array, x: jax.Array) -> jax.Array:
+  """`s` with the row of each query whose prediction repeats an earlier one replaced by that one's.
+
+  A matrix product may round identical rows differently by where they fall
+  in its tiling (seen on CPUs: the last row of a 7-row product). A model that
+  predicts the same profile for several queries must get bitwise identical
+  scores for them, or the label null would call a collapsed model better than
+  chance. Only row hashes are computed unless some row repeats. Derivatives
+  are those of `s` itself: each row keeps its own gradient.
+
+  Args:
+    s: `[Q, C]` scores of the queries.
+    x: `[Q, G]` their predictions.
+  """
+  q = x.shape[0]
+  if q < 2:
+    return s
+  x = jax.lax.stop_gradient(x)
+  first = _first_equal_hash(x)
+  idx = jnp.arange(q, dtype=jnp.int32)
+
+  def canonical():
+    bits = _row_bits(x)  # equal hashes are candidates only: the bits must match too
+    return _rows_of(s, jnp.where(jnp.all(bits[first] == bits, axis=1), first, idx))
+
+  return jax.lax.cond(jnp.any(first != idx), canonical, lambda: s)
+
+
+@jax.custom_jvp
+def _rows_of(s: jax.Array, rows: jax.Array) -> jax.Array:
+  """`s[rows]`, with the derivative of `s` (rows are bitwise copies of rows of equal value)."""
+  return s[rows]
+
+
+@_rows_of.defjvp
+def _rows_of_jvp(primals, tangents):
+  s, rows = primals
+  return s[rows], tangents[0]
+
+
+def _row_bits(x: jax.Array) -> jax.Array:
+  """`[Q, W]` unsigned integers holding the bits of each row."""
+  width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[x.dtype.itemsize]
+  return jax.lax.bitcast_convert_type(x, width)
+
+
+def _first_equal_hash(x: jax.Array) -> jax.Array:
+  """`[Q]` index of the first row whose hash equals each row's (the row itself if none).
+
+  The hash is two weighted sums of the row's values with fixed weights in
+  [1, 2): a row reduction computes every row the same way (unlike a matrix
+  product's tiles), so identical rows hash alike, at the cost of two passes
+  of float arithmetic (XLA's CPU backend reduces integers about 10x slower).
+  Different rows rarely hash alike; callers confirm with the bits. A row
+  with NaN never matches.
+  """
+  q, g = x.shape
+  pos = jnp.arange(g, dtype=x.dtype)
+  h1 = jnp.sum(x * (1.0 + pos / max(g, 1)), axis=1)
+  h2 = jnp.sum(x * (1.0 + jnp.mod(pos * 0.6180339887, 1.0)), axis=1)
+  idx = jnp.arange(q, dtype=jnp.int32)
+  order = jnp.lexsort((idx, h2, h1))  # by hash, then by row
+  hs1, hs2 = h1[order], h2[order]
+  start = jnp.concatenate([jnp.ones(1, bool), (hs1[1:] != hs1[:-1]) | (hs2[1:] != hs2[:-1])])
+  group_first = order[jax.lax.cummax(jnp.where(start, jnp.arange(q), 0))]
+  return jnp.zeros(q, jnp.int32).at[order].set(group_first.astype(jnp.int32))
 
 
 def _matmul_t(a: jax.Array, b: jax.Array) -> jax.Array:
