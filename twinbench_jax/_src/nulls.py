@@ -374,9 +374,27 @@ def _observed_scores(x, ctx, *, metric, mode):
   return _own(x, s, ctx, mode=mode), s
 
 
-@functools.partial(jax.jit, static_argnames=("apply",))
-def _predict(params, inputs, *, apply):
-  return apply(params, inputs)
+@functools.partial(jax.jit, static_argnames=("apply", "randomize", "batch"))
+def _predict(params, inputs, key, *, apply, randomize, batch):
+  """The observed predictions `apply(params, inputs)`, computed as a null batch is.
+
+  The replicates run the model vmapped over `batch` randomised inputs, and an
+  XLA matmul may round a batch of rows differently from a single row (seen on
+  CPUs: every element of a small MLP's output moved by an ulp). So the observed
+  predictions are row 0 of the same batched forward pass, on `batch` copies of
+  the real inputs: a model that ignores its input then predicts the observed
+  rows bit for bit and gets p = 1 (SPEC §3). The leaves the randomiser changes
+  are batched copies there, the others stay unbatched, as in `_model_chunk`;
+  the barrier keeps XLA from folding the copies back into one row.
+  """
+
+  def one(i):
+    randomized = randomize(jax.random.fold_in(key, i), inputs)
+    real = i >= 0  # always true, but batched like the replicate index
+    return apply(params, jax.lax.optimization_barrier(jax.tree.map(
+        lambda o, r: o if r is o else jnp.where(real, o, r), inputs, randomized)))
+
+  return jax.vmap(one)(jnp.arange(batch))[0]
 
 
 # --------------------------------------------------------------------------- predict_fn
@@ -728,15 +746,14 @@ def model_null(
   _check_predict_output(apply, params, inputs, y, rel)
   _check_randomizer(rand, key, inputs)
 
-  x_obs = _predict(params, inputs, apply=apply)
-  validation.check_no_nan(x_obs, "predict_fn(inputs)")
-  x_obs, y, mode, ctx, own_obs, s_obs = _observed(x_obs, y, rel, metric, own_score)
-
   mesh = sharding.replicate_mesh(devices)
   q, c, g = rel.shape[0], y.shape[0], y.shape[1]
   layout = sharding.chunk_layout(n_null, mesh.size, chunk_size, batch_size,
                                  _bytes_per_replicate(q, c, g, candidate_level, inputs),
                                  batch_bytes=sharding.batch_bytes(mesh.devices.ravel()))
+  x_obs = _predict(params, inputs, key, apply=apply, randomize=rand, batch=layout.batch)
+  validation.check_no_nan(x_obs, "predict_fn(inputs)")
+  x_obs, y, mode, ctx, own_obs, s_obs = _observed(x_obs, y, rel, metric, own_score)
   args = sharding.replicated(
       (key, params, inputs, x_obs, own_obs, s_obs if candidate_level else None, ctx), mesh)
   kernel = functools.partial(
