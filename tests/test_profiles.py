@@ -12,6 +12,7 @@ import twinbench_jax as tb
 from adata_helpers import make_real, pseudobulk_numpy
 from twinbench_jax._src import baselines as baselines_lib
 from twinbench_jax._src import profiles as profiles_lib
+from twinbench_jax._src import threads as threads_lib
 
 
 def _log1p_cp10k(x):
@@ -94,9 +95,9 @@ def test_block_threads_give_the_same_sums_and_pass_errors_on(monkeypatch, tmp_pa
   adata.write_h5ad(path)
   for source in (adata, path):  # in memory, and streamed from the file
     by_threads = {}
-    for threads in (1, 3):
-      monkeypatch.setattr(profiles_lib, "_n_threads", lambda t=threads: t)
-      by_threads[threads] = tb.pseudobulk(source, normalize=normalize, chunk_size=4).means
+    for n in (1, 3):
+      monkeypatch.setattr(threads_lib, "n_threads", lambda n=n: n)
+      by_threads[n] = tb.pseudobulk(source, normalize=normalize, chunk_size=4).means
     np.testing.assert_array_equal(by_threads[1], by_threads[3])
   # A block that fails on a worker thread raises here, with its message.
   adata.X.data[-1] = -2.0
@@ -107,8 +108,8 @@ def test_block_threads_give_the_same_sums_and_pass_errors_on(monkeypatch, tmp_pa
 _FORK_SCRIPT = """
 import os, sys
 import numpy as np, scipy.sparse as sp
-from twinbench_jax._src import profiles
-profiles._n_threads = lambda: 2
+from twinbench_jax._src import profiles, threads
+threads.n_threads = lambda: 2
 rng = np.random.default_rng(0)
 x = sp.random(400, 30, density=0.3, format="csr", random_state=0)
 codes = rng.integers(0, 12, 400)
@@ -151,9 +152,9 @@ def test_map_in_order_keeps_the_order_and_bounds_the_work_in_flight():
       running[0] -= 1
     return i * i
 
-  assert list(profiles_lib._map_in_order(work, list(range(40)), 3)) == [i * i for i in range(40)]
+  assert list(threads_lib.map_in_order(work, list(range(40)), 3)) == [i * i for i in range(40)]
   assert most[0] <= 3
-  assert list(profiles_lib._map_in_order(work, [], 3)) == []
+  assert list(threads_lib.map_in_order(work, [], 3)) == []
 
 
 @pytest.mark.parametrize("chunk_size", [1, 2, 3, 4, 100])

@@ -14,7 +14,6 @@ Nothing here imports JAX: the profiles are numpy arrays handed to the core.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from typing import Any, Iterable, Optional, Sequence
 
@@ -22,10 +21,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from twinbench_jax._src import native
+from twinbench_jax._src import threads
+
 # Entries (cells x genes) of one row block when `chunk_size=None`: 32 MB of float64 if dense.
 _BLOCK_ELEMENTS = 1 << 22
-# Most threads that sum row blocks at once (more rarely pay off: the sums are memory bound).
-_MAX_THREADS = 8
 
 # normalize= name -> target sum per cell (None: log1p only, no library-size scaling).
 NORMALIZATIONS = {"log1p": None, "log1p_cp10k": 1e4, "log1p_cpm": 1e6}
@@ -72,6 +72,28 @@ class Source:
 
   def obs_labels(self, key: str) -> np.ndarray:
     """`[n_obs]` string labels of `obs[key]`; an error names the available columns."""
+    return self._obs_column(key).astype(str).to_numpy()
+
+  def obs_codes(self, key: str) -> "Labels":
+    """`obs[key]` as distinct string labels and a code per cell (`obs_labels` without the strings).
+
+    A categorical column is read through its codes, so millions of cells cost
+    no string work; other columns are factorized. Same checks as `obs_labels`.
+    """
+    col = self._obs_column(key)
+    if isinstance(col.dtype, pd.CategoricalDtype):
+      names = np.asarray(col.cat.categories.astype(str), dtype=object)
+      codes = col.cat.codes.to_numpy().astype(np.int64)
+      if len(set(names.tolist())) < names.size:  # categories equal as strings (1 and "1")
+        codes_of_names, names = pd.factorize(names)
+        codes = codes_of_names.astype(np.int64)[codes]
+        names = np.asarray(names, dtype=object)
+      return Labels(names, codes)
+    codes, names = pd.factorize(col.astype(str).to_numpy(dtype=object))
+    return Labels(np.asarray(names, dtype=object), codes.astype(np.int64))
+
+  def _obs_column(self, key: str) -> pd.Series:
+    """`obs[key]` as a Series; errors name the available columns and cells without a label."""
     if key not in self.obs_keys:
       raise ValueError(
           f"Could not find key {key!r} in {self.where('obs')}; available: {self.obs_keys}. "
@@ -85,7 +107,7 @@ class Source:
       raise ValueError(
           f"{self.where(f'obs[{key!r}]')} has no label for {int(missing.sum())} cell(s) (rows "
           f"{first}{' ...' if missing.sum() > 5 else ''}); label or remove them first.")
-    return col.astype(str).to_numpy()
+    return col
 
   def obs_strings(self, key: str, hint: str = "") -> np.ndarray:
     """`[n_obs]` object array of `obs[key]` as strings, None where a cell has no value."""
@@ -121,6 +143,41 @@ class Source:
     if self._closer is not None:
       self._closer()
       self._closer = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Labels:
+  """Cell labels as distinct names and a code per cell (`Source.obs_codes`).
+
+  Attributes:
+    names: `[K]` object array of distinct string labels (in no particular
+      order; some may label no cell).
+    codes: `[n_obs]` int64 index of each cell's label in `names`.
+  """
+
+  names: np.ndarray
+  codes: np.ndarray
+
+  def per_cell(self) -> np.ndarray:
+    """`[n_obs]` string label of each cell."""
+    return self.names[self.codes]
+
+  def present(self) -> np.ndarray:
+    """`[K]` bool: the names that label at least one cell."""
+    return np.bincount(self.codes, minlength=self.names.size) > 0
+
+  def sorted_unique(self) -> np.ndarray:
+    """The labels of the cells, sorted (`np.unique` of `per_cell()`)."""
+    return np.sort(self.names[self.present()])
+
+  def in_order_of_appearance(self) -> np.ndarray:
+    """The labels of the cells, in the order they first appear (`pd.unique` of `per_cell()`)."""
+    used, first = np.unique(self.codes, return_index=True)
+    return self.names[used[np.argsort(first)]]
+
+  def index_in(self, groups: Sequence[str]) -> np.ndarray:
+    """`[n_obs]` int position of each cell's label in `groups`, -1 where it is not there."""
+    return pd.Index(list(groups)).get_indexer(self.names)[self.codes]
 
 
 def _from_anndata(adata, name: str) -> Source:
@@ -303,6 +360,11 @@ def _normalize_block(blk: sp.csr_matrix, normalize: str, source: Source, where: 
   return blk
 
 
+def _loop_dtype(values) -> bool:
+  """Values the compiled loops add as they are (other dtypes go through a float64 copy)."""
+  return values.dtype.kind in "fiu" and values.dtype.itemsize >= 4
+
+
 def _in_memory(mat) -> bool:
   """A numpy array or an in-memory scipy CSR matrix: rows can be gathered in any order."""
   return isinstance(mat, np.ndarray) or (sp.issparse(mat) and mat.format == "csr")
@@ -336,61 +398,60 @@ def _grouped_blocks(codes: np.ndarray, chunk_size: int) -> list[np.ndarray]:
   return blocks
 
 
-def _n_threads() -> int:
-  """Threads that sum pseudobulk blocks: the cores this process may use, at most `_MAX_THREADS`."""
-  try:
-    cores = len(os.sched_getaffinity(0))
-  except AttributeError:  # pragma: no cover - platforms without sched_getaffinity
-    cores = os.cpu_count() or 1
-  return max(1, min(cores, _MAX_THREADS))
+def _add_rows(block, rows: np.ndarray, groups: np.ndarray, out: np.ndarray, name_row) -> None:
+  """`out[groups[i]] += block[rows[i]]` with the compiled loops (-1 skips a row).
 
-
-def _map_in_order(fn, items: Sequence, threads: int, prepare=None) -> Iterable:
-  """`fn(prepare(item))` over `items` on up to `threads` threads, yielding the results in order.
-
-  `prepare` (default: none) runs on the calling thread, in order, as items are
-  handed out. At most twice `threads` items are in flight, so memory stays
-  bounded by a few blocks; an exception cancels what has not started and
-  propagates. The threads are kept between calls: new threads each time would
-  spread the blocks' memory over new allocator arenas, and the process would grow.
+  `name_row(i)` names row `i` in the error raised for a corrupt sparse matrix.
   """
-  prepared = items if prepare is None else map(prepare, items)
-  if threads <= 1 or len(items) <= 1:
-    yield from map(fn, prepared)
-    return
-  pool = _pool(threads)
-  pending, it = [], iter(prepared)
-  try:
-    for item in it:
-      pending.append(pool.submit(fn, item))
-      if len(pending) >= 2 * threads:
-        break
-    while pending:
-      result = pending.pop(0).result()
-      nxt = next(it, _DONE)
-      if nxt is not _DONE:
-        pending.append(pool.submit(fn, nxt))
-      yield result
-  finally:
-    for future in pending:
-      future.cancel()
-    for future in pending:  # nothing may still read the matrix once we return
-      if not future.cancelled():
-        future.exception()
+  rows = np.asarray(rows, np.int64)
+  groups = np.asarray(groups, np.int64)
+  if sp.issparse(block):
+    blk = block if block.format == "csr" else block.tocsr()
+    data = blk.data if _loop_dtype(blk.data) else blk.data.astype(np.float64)
+    bad = native.csr_group_sums(data, blk.indices, blk.indptr, rows, groups, out)
+    if bad is not None:
+      raise ValueError(f"{name_row(bad)} has column indices or row pointers out of range; the "
+                       "sparse matrix is corrupt.")
+  else:
+    arr = np.asarray(block)
+    native.dense_group_sums(arr if _loop_dtype(arr) else arr.astype(np.float64), rows, groups,
+                            out)
 
 
-@functools.lru_cache(maxsize=None)
-def _pool(threads: int):
-  from concurrent.futures import ThreadPoolExecutor
+def _sums_in_place(mat, codes: np.ndarray, blocks: list[np.ndarray], sums: np.ndarray,
+                   where: str) -> None:
+  """Adds the blocks of an in-memory matrix into `sums` with the compiled loops.
 
-  return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="twinbench-pseudobulk")
+  A block of whole groups owns its rows of `sums`, so its loop adds into them
+  directly, reading the rows where they are (no gather, no partial sums). The
+  pieces of a group larger than a block (`_grouped_blocks`) are summed apart
+  and added in block order afterwards, as `group_sums`'s partial sums are: the
+  result is bit-identical to it, on any number of threads. Runs of blocks with
+  about the same number of cells go to the threads.
+  """
+  sizes = np.bincount(codes[codes >= 0], minlength=sums.shape[0])
+  cells = np.cumsum([b.size for b in blocks])
+  n = min(threads.n_threads(), len(blocks))
+  cuts = np.searchsorted(cells, cells[-1] * np.arange(1, n) / n) if blocks else []
+  runs = [r for r in np.split(np.arange(len(blocks)), cuts) if r.size]
 
+  def run(block_ids):
+    pieces = []
+    for i in block_ids:
+      rows = blocks[i]
+      groups = codes[rows]
+      name = lambda j, rows=rows: f"{where}: cell (row) {int(rows[j])}"  # noqa: E731
+      if groups[0] == groups[-1] and sizes[groups[0]] > rows.size:  # a piece of a large group
+        part = np.zeros((1, sums.shape[1]), np.float64)
+        _add_rows(mat, rows, np.zeros_like(groups), part, name)
+        pieces.append((int(groups[0]), part[0]))
+      else:
+        _add_rows(mat, rows, groups, sums, name)
+    return pieces
 
-# A forked child has none of the parent's threads: it starts its own pool.
-if hasattr(os, "register_at_fork"):
-  os.register_at_fork(after_in_child=_pool.cache_clear)
-
-_DONE = object()
+  for pieces in threads.run_all(run, runs, n):
+    for group, part in pieces:
+      sums[group] += part
 
 
 def group_sums(
@@ -437,6 +498,8 @@ def group_sums(
   sums = np.zeros((n_groups, g), np.float64)
   counts = np.bincount(codes[codes >= 0], minlength=n_groups)[:n_groups]
 
+  compiled = native.available()
+
   def block_sums(cells, block):
     """`(first group, [groups, G] partial sums)` of one block, or None when it has no used cell."""
     c = codes[cells]
@@ -444,6 +507,16 @@ def group_sums(
     if keep.size == 0:
       return None
     lo, hi = int(c[keep].min()), int(c[keep].max()) + 1
+    if compiled:
+      # The compiled loop adds each value straight into its group's float64 row in the
+      # order of the indicator product below (cells in block order): the same sums, bit
+      # for bit, without the float64 copy of the values.
+      part = np.zeros((hi - lo, g), np.float64)
+      if normalize is not None:
+        block = _normalize_block(_block_as_csr(block), normalize, source, where)
+      _add_rows(block, np.arange(cells.size), np.where(c >= 0, c - lo, -1), part,
+                lambda i: f"{source.where(where)}: cell (row) {int(cells[i])}")
+      return lo, part
     indicator = sp.csr_matrix((np.ones(keep.size), (c[keep] - lo, keep)),
                               shape=(hi - lo, cells.size))
     if normalize is None and not sp.issparse(block):
@@ -455,12 +528,17 @@ def group_sums(
       blk = _normalize_block(blk, normalize, source, where)
     return lo, (indicator @ blk).toarray()
 
-  # Blocks are summed on several threads (scipy's sparse products release the GIL);
-  # the partial sums are still added in block order, so the result is the same on
-  # any number of threads.
+  # Blocks are summed on several threads (the compiled loops and scipy's sparse products
+  # release the GIL); the partial sums are still added in block order, so the result is
+  # the same on any number of threads.
+  results = ()
   if _in_memory(mat):
     blocks = _grouped_blocks(codes, chunk_size)
-    results = _map_in_order(lambda cells: block_sums(cells, mat[cells]), blocks, _n_threads())
+    if compiled and normalize is None and _loop_dtype(mat.data if sp.issparse(mat) else mat):
+      _sums_in_place(mat, codes, blocks, sums, source.where(where))
+    else:
+      results = threads.map_in_order(lambda cells: block_sums(cells, mat[cells]), blocks,
+                                     threads.n_threads())
   else:
     blocks = [np.arange(start, min(start + chunk_size, n)) for start in range(0, n, chunk_size)]
 
@@ -470,8 +548,9 @@ def group_sums(
       used = np.any(codes[cells] >= 0)
       return cells, _rows(mat, int(cells[0]), int(cells[-1]) + 1) if used else None
 
-    results = _map_in_order(lambda item: block_sums(*item), blocks, _n_threads(), prepare=read)
-  if progress and len(blocks) > 1:
+    results = threads.map_in_order(lambda item: block_sums(*item), blocks, threads.n_threads(),
+                                   prepare=read)
+  if progress and len(blocks) > 1 and results:
     from tqdm import tqdm
 
     # disable=None: a bar on a terminal, silent when stderr is not one.

@@ -1,0 +1,134 @@
+"""Compiled CPU loops for the host side of `evaluate`: per-group sums of cells, L1 distances.
+
+Two loops dominate `tb.evaluate` on a CPU, and neither maps well onto numpy,
+scipy or XLA:
+
+- **Per-group sums of a CSR matrix** (pseudobulks). scipy needs a row gather,
+  a float64 copy and an indicator-matrix product; the loop here adds each
+  stored value straight into its group's float64 row, in the same order
+  (cells in block order), so the sums are bit-identical to that product.
+- **All-pairs L1 distances.** XLA reduces `|x - y|` along the gene axis; the
+  loop here keeps the candidates along the SIMD lanes instead (`y` transposed)
+  and four queries per pass over each candidate row, about 4x faster on 2
+  cores.
+
+The loops are compiled with numba on first use (`cache=True`: the machine
+code is kept beside this file, in `__pycache__`, or where numba's own
+`NUMBA_CACHE_DIR` says) and release the GIL, so row blocks run on the threads
+of `threads`. Without numba, or with the environment variable
+``TWINBENCH_NUMBA=0``, `available()` is False and callers keep their
+numpy/scipy/XLA path; both paths are tested against each other.
+
+Nothing here imports JAX.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional
+
+import numpy as np
+
+from twinbench_jax._src import threads
+
+# Queries per L1 tile (their accumulators stay in registers and L1 cache) and
+# candidate columns per tile (four rows of that many floats: 16 KiB in float32).
+_L1_QUERY_TILE = 4
+_L1_CANDIDATE_TILE = 1024
+# Genes added into a tile's float32 partial sums before they go into the
+# totals: bounds the rounding of long sums (error grows with 256 + G/256 terms
+# rather than G) at the cost of one extra add per 256 genes.
+_L1_GENE_CHUNK = 256
+# Below this many |x - y| terms the distances are computed on the calling thread.
+_L1_THREADED_TERMS = 1 << 22
+
+
+def enabled_by_environment() -> bool:
+  """False when ``TWINBENCH_NUMBA`` is set to 0, false, no or off."""
+  return os.environ.get("TWINBENCH_NUMBA", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def available() -> bool:
+  """True when the compiled loops can be used (numba imports, not disabled by the environment)."""
+  return enabled_by_environment() and _kernels() is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels():
+  """The module of compiled loops, or None when numba cannot be imported."""
+  try:
+    from twinbench_jax._src import native_kernels
+  except Exception:  # noqa: BLE001 - a missing or broken numba: callers keep their other path
+    return None
+  return native_kernels
+
+
+def csr_group_sums(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, rows: np.ndarray,
+                   groups: np.ndarray, out: np.ndarray) -> Optional[int]:
+  """Adds CSR rows into their groups' float64 rows: `out[groups[i]] += X[rows[i]]`.
+
+  Rows are added in the order given, each value as its float64, so a group's
+  sum is the left-to-right sum over its rows (what scipy's indicator-matrix
+  product computes, bit for bit).
+
+  Args:
+    data, indices, indptr: the CSR arrays of `X` (any real dtype; int32/int64
+      indices).
+    rows: `[n]` int64 rows of `X` to add.
+    groups: `[n]` int64 group (row of `out`) of each; -1 skips the row.
+    out: `[n_groups, G]` float64 sums, C-contiguous, updated in place.
+
+  Returns:
+    None, or the position in `rows` of a row with column indices or row
+    pointers out of range (a corrupt matrix; `out` is then incomplete).
+  """
+  bad = _kernels().csr_group_sums(data, indices, indptr, rows, groups, out)
+  return None if bad < 0 else int(bad)
+
+
+def dense_group_sums(block: np.ndarray, rows: np.ndarray, groups: np.ndarray,
+                     out: np.ndarray) -> None:
+  """`out[groups[i]] += block[rows[i]]` in float64, rows in the order given (-1 skips a row)."""
+  _kernels().dense_group_sums(block, rows, groups, out)
+
+
+def l1_distances(x: np.ndarray, y: np.ndarray, *, n_threads: Optional[int] = None) -> np.ndarray:
+  r"""All-pairs L1 distances :math:`d_{qc} = \sum_g |x_{qg} - y_{cg}|`, on several threads.
+
+  Each distance is summed in gene order, in chunks of `_L1_GENE_CHUNK` genes
+  (a chunk's float partial sum, then the running total), in the dtype of the
+  inputs; NaN and inf propagate as in the plain sum. The result depends only
+  on the inputs, never on the thread count.
+
+  Args:
+    x: `[Q, G]` float32 or float64.
+    y: `[C, G]`, the same dtype.
+    n_threads: worker threads (default: `threads.n_threads()`).
+
+  Returns:
+    `[Q, C]` distances, the dtype of the inputs.
+  """
+  x = np.ascontiguousarray(x)
+  y_t = np.ascontiguousarray(np.asarray(y).T)
+  if x.dtype != y_t.dtype or x.dtype not in (np.float32, np.float64):
+    raise TypeError(f"l1_distances needs two float32 or two float64 arrays, got {x.dtype} and "
+                    f"{y_t.dtype}")
+  if x.ndim != 2 or y_t.ndim != 2 or x.shape[1] != y_t.shape[0]:
+    raise ValueError(f"l1_distances needs [Q, G] and [C, G] arrays, got {x.shape} and "
+                     f"{np.asarray(y).shape}")
+  q = x.shape[0]
+  out = np.zeros((q, y_t.shape[1]), x.dtype)
+  if out.size == 0 or x.shape[1] == 0:
+    return out
+  kernel = _kernels().l1_rows
+  n = threads.n_threads() if n_threads is None else n_threads
+  if q * out.shape[1] * x.shape[1] < _L1_THREADED_TERMS:
+    n = 1
+  # Row ranges in whole query tiles: every query is summed by the same loop, whatever `n`.
+  tiles = -(-q // _L1_QUERY_TILE)
+  cuts = [min(q, _L1_QUERY_TILE * (tiles * i // n)) for i in range(n + 1)]
+  ranges = [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+  threads.run_all(lambda r: kernel(x, y_t, out, r[0], r[1], _L1_QUERY_TILE, _L1_CANDIDATE_TILE,
+                                   _L1_GENE_CHUNK), ranges, n)
+  return out
