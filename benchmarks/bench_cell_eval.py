@@ -118,7 +118,7 @@ def compare_one(name: str, workdir: str, *, cell_eval_python: str, repeats: int 
   common = dict(pred=pred, real=real, control=control, perturbation_key="perturbation")
   ce = _common.run_worker("cell_eval_scores", dict(common, baseline_out=base_path),
                           python=cell_eval_python, timeout=timeout)
-  ours64 = _common.run_worker("ours_scores", dict(common, repeats=repeats, evaluate=False,
+  ours64 = _common.run_worker("ours_scores", dict(common, repeats=repeats, evaluate=True,
                                                   baseline=base_path),
                               env={"JAX_ENABLE_X64": "1"}, timeout=timeout)
   ours32 = _common.run_worker("ours_scores", dict(common, repeats=repeats, evaluate=True,
@@ -127,17 +127,24 @@ def compare_one(name: str, workdir: str, *, cell_eval_python: str, repeats: int 
   labels = ours64["labels"]
   ce_scores = np.asarray([ce["scores"][lab] for lab in labels])
   p = len(labels)
+  ce_ranks = np.round((1.0 - ce_scores) * p)
+
+  def rank_differs(ours):
+    return np.asarray([ours["evaluate_ranks"][lab] for lab in labels]) - 1.0 != ce_ranks
+
+  near_tie = np.asarray(ours64["min_relative_gap"]) < NEAR_TIE
   res = dict(name=name, n_perturbations=p, cell_eval_version=ce["version"])
   res["agreement"] = dict(
       differ_x64=int(np.sum(np.abs(ce_scores - np.asarray(ours64["scores"])) > 1e-12)),
       differ_float32=int(np.sum(np.abs(ce_scores - np.asarray(ours32["scores"])) > 1e-12)),
       max_abs_diff_float32=float(np.max(np.abs(ce_scores - np.asarray(ours32["scores"])))),
       evaluate_target_genes=bool(ours32["evaluate_target_genes"]),
-      differ_evaluate_rank=int(np.sum(
-          np.asarray([ours32["evaluate_ranks"][lab] for lab in labels]) - 1.0
-          != np.round((1.0 - ce_scores) * p))),
+      differ_evaluate_rank=int(np.sum(rank_differs(ours32))),
+      # float32 can only flip an order where the two distances are this close.
+      differ_evaluate_rank_not_near_tie=int(np.sum(rank_differs(ours32) & ~near_tie)),
+      differ_evaluate_rank_x64=int(np.sum(rank_differs(ours64))),
       min_relative_gap=float(np.min(ours64["min_relative_gap"])),
-      near_ties=int(np.sum(np.asarray(ours64["min_relative_gap"]) < NEAR_TIE)),
+      near_ties=int(np.sum(near_tie)),
       mean_score=float(ce_scores.mean()),
   )
   res["timing"] = dict(
@@ -233,6 +240,17 @@ def plot(result: dict, path: str) -> str:
   return path
 
 
+def _evaluate_rank_differs(a: dict) -> str:
+  """`tb.evaluate`'s ranks that differ from cell-eval's, float32 / x64 (older results: float32)."""
+  if "differ_evaluate_rank_x64" not in a:
+    return str(a["differ_evaluate_rank"])
+  note = ""
+  if a["differ_evaluate_rank"]:
+    off = a["differ_evaluate_rank_not_near_tie"]
+    note = " (all at near-ties)" if off == 0 else f" ({off} not at a near-tie)"
+  return f"{a['differ_evaluate_rank']}{note} / {a['differ_evaluate_rank_x64']}"
+
+
 def markdown(results: list[dict]) -> str:
   """Markdown tables of the side-by-side results."""
   rows = []
@@ -282,15 +300,15 @@ def markdown(results: list[dict]) -> str:
   rows = [[r["name"], r["n_perturbations"], r["agreement"]["differ_x64"],
            r["agreement"]["differ_float32"], f"{r['agreement']['max_abs_diff_float32']:.3g}",
            f"{r['agreement']['min_relative_gap']:.2g}", r["agreement"]["near_ties"],
-           r["agreement"]["differ_evaluate_rank"],
+           _evaluate_rank_differs(r["agreement"]),
            f"{r['agreement']['mean_score']:.4f}"] for r in results]
   out += ["Agreement with cell-eval's per-perturbation scores (number of perturbations whose "
           "score differs):", "",
           _common.md_table(["pair", "P", "differ (x64)", "differ (float32)",
                             "max abs diff float32", "smallest relative gap at the truth",
                             f"near-ties (gap < {NEAR_TIE:g})",
-                            "`tb.evaluate` rank differs" + (" (target_genes)" if gene_drop
-                                                            else " (no gene drop)"),
+                            "`tb.evaluate` ranks that differ, float32 / x64"
+                            + (" (target_genes)" if gene_drop else " (no gene drop)"),
                             "mean score"], rows), ""]
   rows = [[r["name"], f"{m['cell_eval_mean']:.3f}", f"{m['cell_eval_share_ge_0_9']:.0%}",
            f"{m['cell_eval_spearman_vs_centroid']:.3f}", f"{m['cell_eval_pearson_vs_centroid']:.3f}",

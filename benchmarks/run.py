@@ -134,7 +134,9 @@ def headline(results: dict) -> list[list]:
     text = (f"reproduction: {p - a['differ_x64']}/{p} identical (x64), "
             f"{p - a['differ_float32']}/{p} (float32)")
     if a.get("evaluate_target_genes"):
-      text += f"; `tb.evaluate` ranks: {p - a['differ_evaluate_rank']}/{p}"
+      text += f"; `tb.evaluate` ranks: {p - a['differ_evaluate_rank']}/{p} (float32)"
+      if "differ_evaluate_rank_x64" in a:
+        text += f", {p - a['differ_evaluate_rank_x64']}/{p} (x64)"
     rows.append([f"agreement with cell-eval ({r['name']}, {p} perturbations)", text,
                  "per-perturbation score / rank"])
   big = [r for r in ce if r["name"] != "papalexi"]

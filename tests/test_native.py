@@ -64,6 +64,24 @@ def test_l1_distances_are_exact_zeros_for_identical_rows_and_propagate_nan_and_i
   assert np.isnan(d[0]).all() and np.isposinf(d[1]).all() and np.isfinite(d[2]).all()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_l1_distances_of_repeated_rows_are_bitwise_equal_wherever_they_stand(dtype):
+  # Candidates in a full tile of four and in the padded last tile, queries first or
+  # second of a pair or alone at the end: every pair goes through the same loop, so a
+  # repeated profile is an exact tie, never a rounding-level near-tie.
+  rng = np.random.default_rng(11)
+  y = rng.normal(size=(11, 333)).astype(dtype)
+  y[[4, 9, 10]] = y[1]
+  x = rng.normal(size=(7, 333)).astype(dtype)
+  x[[2, 5, 6]] = x[1]
+  for n in (1, 2, 3):
+    d = native.l1_distances(x, y, n_threads=n)
+    for c in (4, 9, 10):
+      np.testing.assert_array_equal(d[:, c], d[:, 1])
+    for q in (2, 5, 6):
+      np.testing.assert_array_equal(d[q], d[1])
+
+
 def test_l1_distances_refuse_mixed_dtypes_and_shapes():
   with pytest.raises(TypeError, match="float32 or two float64"):
     native.l1_distances(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float64))

@@ -344,7 +344,7 @@ def _host_l1(x: np.ndarray, y: np.ndarray, rows: np.ndarray, metric: str, exclud
              ) -> Optional[np.ndarray]:
   """`[Q, C]` L1 distances of `x[rows]` to `y` from the compiled CPU loop, or None.
 
-  Used where it is faster than XLA's reduction (about 4x on 2 cores): the L1
+  Used where it is faster than XLA's reduction (about 5x on 2 cores): the L1
   metric with at most one excluded gene per query, on the CPU backend, with
   the loops available (`native.available()`). Each distinct row of `x` is
   computed once, so a baseline that predicts one profile for every query
@@ -1132,7 +1132,8 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
   real_gidx = real.var_names.get_indexer(shared)
   sums = _columns(sums, real_gidx)
   n_real = counts[0::2] + counts[1::2]
-  real_full = (sums[0::2] + sums[1::2]) / n_real[:, None]
+  real_full = sums[0::2] + sums[1::2]
+  real_full /= n_real[:, None]
   pred_groups = list(queries) + ([control] if delta == "pred_control" else [])
   pred_idx = pred_labels.index_in(pred_groups)
   psums, pcounts = profiles_lib.group_sums(pred, pred_idx, len(pred_groups), layer=pred_layer,

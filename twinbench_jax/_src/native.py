@@ -7,10 +7,9 @@ scipy or XLA:
   a float64 copy and an indicator-matrix product; the loop here adds each
   stored value straight into its group's float64 row, in the same order
   (cells in block order), so the sums are bit-identical to that product.
-- **All-pairs L1 distances.** XLA reduces `|x - y|` along the gene axis; the
-  loop here keeps the candidates along the SIMD lanes instead (`y` transposed)
-  and four queries per pass over each candidate row, about 4x faster on 2
-  cores.
+- **All-pairs L1 distances.** The loop here takes two queries and four
+  candidates at a time and keeps their eight sums in SIMD registers over the
+  genes, about 5x faster than XLA's reduction on 2 cores.
 
 The loops are compiled with numba on first use (`cache=True`: the machine
 code is kept beside this file, in `__pycache__`, or where numba's own
@@ -32,14 +31,6 @@ import numpy as np
 
 from twinbench_jax._src import threads
 
-# Queries per L1 tile (their accumulators stay in registers and L1 cache) and
-# candidate columns per tile (four rows of that many floats: 16 KiB in float32).
-_L1_QUERY_TILE = 4
-_L1_CANDIDATE_TILE = 1024
-# Genes added into a tile's float32 partial sums before they go into the
-# totals: bounds the rounding of long sums (error grows with 256 + G/256 terms
-# rather than G) at the cost of one extra add per 256 genes.
-_L1_GENE_CHUNK = 256
 # Below this many |x - y| terms the distances are computed on the calling thread.
 _L1_THREADED_TERMS = 1 << 22
 
@@ -96,10 +87,11 @@ def dense_group_sums(block: np.ndarray, rows: np.ndarray, groups: np.ndarray,
 def l1_distances(x: np.ndarray, y: np.ndarray, *, n_threads: Optional[int] = None) -> np.ndarray:
   r"""All-pairs L1 distances :math:`d_{qc} = \sum_g |x_{qg} - y_{cg}|`, on several threads.
 
-  Each distance is summed in gene order, in chunks of `_L1_GENE_CHUNK` genes
-  (a chunk's float partial sum, then the running total), in the dtype of the
-  inputs; NaN and inf propagate as in the plain sum. The result depends only
-  on the inputs, never on the thread count.
+  Every distance is summed by the same loop, in the dtype of the inputs, as
+  partial sums over the SIMD lanes added at the end (so the result depends
+  only on the two rows, never on where they stand or on the thread count;
+  it may differ from a sequential sum in the last bits). NaN and inf
+  propagate as in the plain sum.
 
   Args:
     x: `[Q, G]` float32 or float64.
@@ -110,25 +102,25 @@ def l1_distances(x: np.ndarray, y: np.ndarray, *, n_threads: Optional[int] = Non
     `[Q, C]` distances, the dtype of the inputs.
   """
   x = np.ascontiguousarray(x)
-  y_t = np.ascontiguousarray(np.asarray(y).T)
-  if x.dtype != y_t.dtype or x.dtype not in (np.float32, np.float64):
+  y = np.ascontiguousarray(y)
+  if x.dtype != y.dtype or x.dtype not in (np.float32, np.float64):
     raise TypeError(f"l1_distances needs two float32 or two float64 arrays, got {x.dtype} and "
-                    f"{y_t.dtype}")
-  if x.ndim != 2 or y_t.ndim != 2 or x.shape[1] != y_t.shape[0]:
-    raise ValueError(f"l1_distances needs [Q, G] and [C, G] arrays, got {x.shape} and "
-                     f"{np.asarray(y).shape}")
-  q = x.shape[0]
-  out = np.zeros((q, y_t.shape[1]), x.dtype)
+                    f"{y.dtype}")
+  if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+    raise ValueError(f"l1_distances needs [Q, G] and [C, G] arrays, got {x.shape} and {y.shape}")
+  q, c = x.shape[0], y.shape[0]
+  out = np.zeros((q, c), x.dtype)
   if out.size == 0 or x.shape[1] == 0:
     return out
+  y_tail = np.zeros((4, y.shape[1]), y.dtype)  # the last c % 4 candidates, padded to a tile
+  y_tail[:c % 4] = y[c - c % 4:]
   kernel = _kernels().l1_rows
   n = threads.n_threads() if n_threads is None else n_threads
-  if q * out.shape[1] * x.shape[1] < _L1_THREADED_TERMS:
+  if q * c * x.shape[1] < _L1_THREADED_TERMS:
     n = 1
-  # Row ranges in whole query tiles: every query is summed by the same loop, whatever `n`.
-  tiles = -(-q // _L1_QUERY_TILE)
-  cuts = [min(q, _L1_QUERY_TILE * (tiles * i // n)) for i in range(n + 1)]
+  # Row ranges of whole query pairs.
+  pairs = -(-q // 2)
+  cuts = [min(q, 2 * (pairs * i // n)) for i in range(n + 1)]
   ranges = [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
-  threads.run_all(lambda r: kernel(x, y_t, out, r[0], r[1], _L1_QUERY_TILE, _L1_CANDIDATE_TILE,
-                                   _L1_GENE_CHUNK), ranges, n)
+  threads.run_all(lambda r: kernel(x, y, y_tail, out, r[0], r[1]), ranges, n)
   return out

@@ -8,7 +8,15 @@ contracts (shapes, order of the sums, checks) are documented in `native`.
 import numba
 import numpy as np
 
-_jit = numba.njit(nogil=True, cache=True)
+
+def _jit(fn):
+  # `reassoc` only lets a sum be split into partial sums (the L1 loop's SIMD lanes);
+  # NaN and inf keep their IEEE meaning.
+  options = dict(nogil=True, fastmath={"reassoc"})
+  try:
+    return numba.njit(cache=True, **options)(fn)
+  except RuntimeError:  # no writable cache location: compile once per process instead
+    return numba.njit(**options)(fn)
 
 
 @_jit
@@ -67,48 +75,53 @@ def dense_group_sums(block, rows, groups, out):
 
 
 @_jit
-def l1_rows(x, y_t, out, start, stop, q_tile, c_tile, g_chunk):
-  # out[q, c] = sum_g |x[q, g] - y_t[g, c]| for queries start..stop-1, in tiles of
-  # q_tile (<= 4) queries x c_tile candidates: each candidate row chunk is read once
-  # per tile and the candidates lie along the SIMD lanes. Each chunk of g_chunk genes
-  # is summed into zeroed partials first, then added into the totals, in the same
-  # order for every query (a full tile of four or a remainder).
-  n_genes, n_cand = y_t.shape
-  part = np.zeros((4, c_tile), out.dtype)
-  for q0 in range(start, stop, q_tile):
-    nq = min(q_tile, stop - q0)
-    for c0 in range(0, n_cand, c_tile):
-      nc = min(c_tile, n_cand - c0)
-      for g0 in range(0, n_genes, g_chunk):
-        g1 = min(g0 + g_chunk, n_genes)
-        part[:, :nc] = 0
-        if nq == 4:
-          p0 = part[0]
-          p1 = part[1]
-          p2 = part[2]
-          p3 = part[3]
-          for g in range(g0, g1):
-            row = y_t[g, c0:c0 + nc]
-            v0 = x[q0, g]
-            v1 = x[q0 + 1, g]
-            v2 = x[q0 + 2, g]
-            v3 = x[q0 + 3, g]
-            for c in range(nc):
-              b = row[c]
-              p0[c] += abs(v0 - b)
-              p1[c] += abs(v1 - b)
-              p2[c] += abs(v2 - b)
-              p3[c] += abs(v3 - b)
-        else:
-          for qi in range(nq):
-            p = part[qi]
-            for g in range(g0, g1):
-              row = y_t[g, c0:c0 + nc]
-              v = x[q0 + qi, g]
-              for c in range(nc):
-                p[c] += abs(v - row[c])
-        for qi in range(nq):
-          total = out[q0 + qi]
-          p = part[qi]
-          for c in range(nc):
-            total[c0 + c] += p[c]
+def l1_tile(xa, xb, y0, y1, y2, y3):
+  # The eight L1 distances of two queries to four candidates. The gene loop keeps
+  # the eight sums in SIMD registers (fastmath reassoc lets LLVM split each sum
+  # over the vector lanes), every pair summed the same way wherever it stands.
+  s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = xa.dtype.type(0)
+  for g in range(xa.shape[0]):
+    a = xa[g]
+    b = xb[g]
+    u0 = y0[g]
+    u1 = y1[g]
+    u2 = y2[g]
+    u3 = y3[g]
+    s00 += abs(a - u0)
+    s01 += abs(a - u1)
+    s02 += abs(a - u2)
+    s03 += abs(a - u3)
+    s10 += abs(b - u0)
+    s11 += abs(b - u1)
+    s12 += abs(b - u2)
+    s13 += abs(b - u3)
+  return s00, s01, s02, s03, s10, s11, s12, s13
+
+
+@_jit
+def l1_rows(x, y, y_tail, out, start, stop):
+  # out[q, c] = sum_g |x[q, g] - y[c, g]| for queries start..stop-1, two queries by four
+  # candidates at a time (`l1_tile`). The last C % 4 candidates come padded to four
+  # rows in `y_tail` and a lone last query is paired with itself, so every distance
+  # goes through the same loop.
+  n_cand = y.shape[0]
+  n_full = n_cand - n_cand % 4
+  for q in range(start, stop, 2):
+    q1 = q + 1 if q + 1 < stop else q
+    xa = x[q]
+    xb = x[q1]
+    for c in range(0, n_full, 4):
+      d = l1_tile(xa, xb, y[c], y[c + 1], y[c + 2], y[c + 3])
+      out[q, c] = d[0]
+      out[q, c + 1] = d[1]
+      out[q, c + 2] = d[2]
+      out[q, c + 3] = d[3]
+      out[q1, c] = d[4]
+      out[q1, c + 1] = d[5]
+      out[q1, c + 2] = d[6]
+      out[q1, c + 3] = d[7]
+    if n_full < n_cand:
+      d = l1_tile(xa, xb, y_tail[0], y_tail[1], y_tail[2], y_tail[3])
+      for j in range(n_cand - n_full):
+        out[q, n_full + j] = d[j]
+        out[q1, n_full + j] = d[4 + j]

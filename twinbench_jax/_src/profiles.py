@@ -510,7 +510,7 @@ def group_sums(
     if compiled:
       # The compiled loop adds each value straight into its group's float64 row in the
       # order of the indicator product below (cells in block order): the same sums, bit
-      # for bit, without the float64 copy of the values.
+      # for bit, without the indicator matrix (nor, unnormalised, a float64 copy).
       part = np.zeros((hi - lo, g), np.float64)
       if normalize is not None:
         block = _normalize_block(_block_as_csr(block), normalize, source, where)
@@ -531,11 +531,11 @@ def group_sums(
   # Blocks are summed on several threads (the compiled loops and scipy's sparse products
   # release the GIL); the partial sums are still added in block order, so the result is
   # the same on any number of threads.
-  results = ()
+  results = None  # partial sums of the blocks, in block order
   if _in_memory(mat):
     blocks = _grouped_blocks(codes, chunk_size)
     if compiled and normalize is None and _loop_dtype(mat.data if sp.issparse(mat) else mat):
-      _sums_in_place(mat, codes, blocks, sums, source.where(where))
+      _sums_in_place(mat, codes, blocks, sums, source.where(where))  # no partial sums
     else:
       results = threads.map_in_order(lambda cells: block_sums(cells, mat[cells]), blocks,
                                      threads.n_threads())
@@ -550,13 +550,13 @@ def group_sums(
 
     results = threads.map_in_order(lambda item: block_sums(*item), blocks, threads.n_threads(),
                                    prepare=read)
-  if progress and len(blocks) > 1 and results:
+  if progress and len(blocks) > 1 and results is not None:
     from tqdm import tqdm
 
     # disable=None: a bar on a terminal, silent when stderr is not one.
     results = tqdm(results, total=len(blocks), desc=desc or f"reading {source.name}",
                    unit="block", leave=False, disable=None)
-  for res in results:
+  for res in results or ():
     if res is not None:
       lo, part = res
       sums[lo:lo + part.shape[0]] += part
