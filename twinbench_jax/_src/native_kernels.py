@@ -9,10 +9,10 @@ import numba
 import numpy as np
 
 
-def _jit(fn):
-  # `reassoc` only lets a sum be split into partial sums (the L1 loop's SIMD lanes);
-  # NaN and inf keep their IEEE meaning.
-  options = dict(nogil=True, fastmath={"reassoc"})
+def _jit(fn=None, *, fastmath=False):
+  if fn is None:
+    return lambda fn: _jit(fn, fastmath=fastmath)
+  options = dict(nogil=True, fastmath=fastmath)
   try:
     return numba.njit(cache=True, **options)(fn)
   except RuntimeError:  # no writable cache location: compile once per process instead
@@ -74,11 +74,13 @@ def dense_group_sums(block, rows, groups, out):
       acc[j] += src[j]
 
 
-@_jit
+# `reassoc` only lets LLVM split each sum into partial sums over the SIMD lanes;
+# NaN and inf keep their IEEE meaning.
+@_jit(fastmath={"reassoc"})
 def l1_tile(xa, xb, y0, y1, y2, y3):
   # The eight L1 distances of two queries to four candidates. The gene loop keeps
-  # the eight sums in SIMD registers (fastmath reassoc lets LLVM split each sum
-  # over the vector lanes), every pair summed the same way wherever it stands.
+  # the eight sums in SIMD registers, every pair summed the same way wherever it
+  # stands.
   s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = xa.dtype.type(0)
   for g in range(xa.shape[0]):
     a = xa[g]
