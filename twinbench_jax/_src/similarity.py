@@ -56,7 +56,10 @@ def similarity(
   distance is computed in query blocks, never materialising a `(Q, C, G)`
   tensor. A zero vector (zero-variance vector for Pearson) has cosine/Pearson
   similarity 0 to everything. NaN in the inputs gives NaN scores; the ranking
-  functions treat a NaN score as lower than any real score.
+  functions treat a NaN score as lower than any real score. Without
+  `exclude`, bitwise identical predictions get bitwise identical rows of
+  scores (a matrix product may otherwise round them by their position), so
+  the queries of a model that predicts one profile for all tie exactly.
 
   Per-query gene exclusion (SPEC §7: a knockout trivially lowers its own
   target gene, so a perturbation's target genes can be left out of its
