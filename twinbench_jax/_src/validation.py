@@ -113,3 +113,31 @@ def check_pvalues(p: jax.Array, name: str = "pvalues") -> None:
 def nan_to_neg_inf(x: jax.Array) -> jax.Array:
   """Maps NaN to -inf so that a NaN never ranks above (or beats) a real score."""
   return jnp.where(jnp.isnan(x), -jnp.inf, x)
+
+
+def poison(value: Any, invalid: Any) -> Any:
+  """Replaces every floating leaf of `value` by NaN where `invalid` is True.
+
+  The traced counterpart of a value check: under `jax.jit` an input that an
+  eager call would refuse (a p-value below 0, a query without a relevant
+  candidate, an index out of range) cannot raise, so the result is poisoned
+  instead: a NaN is never mistaken for a score. `invalid` is a boolean scalar
+  (poisons everything) or an array broadcastable against each leaf (poisons
+  per element, e.g. per query). Integer and boolean leaves are left alone.
+
+  Args:
+    value: an array or a pytree of arrays (e.g. a result NamedTuple).
+    invalid: a boolean array, usually computed inside the jitted function.
+
+  Returns:
+    `value` with NaN where `invalid` holds.
+  """
+  invalid = jnp.asarray(invalid, dtype=bool)
+
+  def one(leaf):
+    leaf = jnp.asarray(leaf)
+    if not jnp.issubdtype(leaf.dtype, jnp.floating):
+      return leaf
+    return jnp.where(invalid, jnp.asarray(jnp.nan, leaf.dtype), leaf)
+
+  return jax.tree_util.tree_map(one, value)
