@@ -7,6 +7,7 @@ see `SPEC.md` for the definition of every number. Import as
 
 from twinbench_jax._src.auc import AucF1Result, auc_f1, candidate_auc_f1
 from twinbench_jax._src.baselines import BASELINES, split_half
+from twinbench_jax._src.compare import Comparison, compare
 from twinbench_jax._src.evaluate import Report, evaluate
 from twinbench_jax._src.losses import QueryBatch, hard_auc_f1_validation, soft_auc_f1_loss
 from twinbench_jax._src.nulls import (
@@ -40,6 +41,13 @@ from twinbench_jax._src.ranking import (
     top1_counts,
     truth_ranks,
 )
+from twinbench_jax._src.ranking_losses import (
+    approx_mrr_loss,
+    approx_truth_ranks,
+    pairwise_logistic_loss,
+    soft_hit_loss,
+    softmax_ce_loss,
+)
 from twinbench_jax._src.relevance import relevance_from_labels
 from twinbench_jax._src.similarity import METRICS, similarity
 from twinbench_jax._src.simulate import SimulatedData, simulate_perturbations
@@ -67,6 +75,7 @@ __all__ = [
     "OWN_SCORES",
     "ArrayEvaluation",
     "AucF1Result",
+    "Comparison",
     "NullResult",
     "Pseudobulk",
     "QueryBatch",
@@ -74,9 +83,12 @@ __all__ = [
     "SimulatedData",
     "SoftTemperatures",
     "ToyTask",
+    "approx_mrr_loss",
+    "approx_truth_ranks",
     "auc_f1",
     "benjamini_hochberg",
     "candidate_auc_f1",
+    "compare",
     "cross_own_scores",
     "empirical_pvalues",
     "evaluate",
@@ -93,6 +105,7 @@ __all__ = [
     "model_null",
     "normalized_rank",
     "own_scores",
+    "pairwise_logistic_loss",
     "permute_rows",
     "precision_at_k",
     "precomputed_null",
@@ -112,7 +125,9 @@ __all__ = [
     "soft_empirical_pvalues",
     "soft_f1_curve",
     "soft_hit_at_k",
+    "soft_hit_loss",
     "soft_truth_ranks",
+    "softmax_ce_loss",
     "split_half",
     "top1_counts",
     "toy_mlp_init",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import types
@@ -198,6 +199,18 @@ class Report:
     for name, d in self.summary["baseline_details"].items():
       rows.append({"name": f"{name} baseline", **{k: d[k] for k in _HEADLINE}})
     return pd.DataFrame(rows).set_index("name")
+
+
+def _data_fingerprint(genes, candidates, n_cells) -> dict:
+  """SHA-256 digests of what the scores were computed on, so saved reports can be compared.
+
+  ``genes``: the gene list in order; ``real``: each real candidate with its
+  cell count. Two reports with equal digests ranked against the same profiles.
+  """
+  genes_text = "\n".join(str(g) for g in genes)
+  real_text = "\n".join(f"{c}\t{int(n)}" for c, n in zip(candidates, n_cells))
+  return {"genes": hashlib.sha256(genes_text.encode()).hexdigest(),
+          "real": hashlib.sha256(real_text.encode()).hexdigest()}
 
 
 _HEADLINE = ("auc_f1", "hit_at_1", "mrr", "mean_rank", "fraction_called", "n_queries")
@@ -1255,6 +1268,7 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
       "n_candidates": n_cand,
       "n_genes": int(len(shared)),
       "popularity_gini": model.gini,
+      "data_fingerprint": _data_fingerprint(shared, candidates, cand_n),
       "baselines": {name: float(sc.curve.auc) for name, sc in scored.items()},
       "baseline_details": {name: sc.stats(k, len(sc.labels) - 1) for name, sc in scored.items()},
       "settings": {

@@ -147,3 +147,90 @@ def save_plots(report, directory, *, dpi: int = 110) -> list[str]:
     fig.savefig(path, dpi=dpi)
     paths.append(path)
   return paths
+
+
+# ----------------------------------------------------------------------------- comparisons
+
+COMPARISON_FILE = "comparison.png"
+# Columns of the table figure: (column, header, larger is better).
+_TABLE_COLUMNS = (("auc_f1", "AUC-F1", True), ("hit_at_1", "hit@1", True), ("mrr", "MRR", True),
+                  ("fraction_called", "called\nα=0.05", True))
+
+
+def plot_comparison_curves(comparison, ax=None):
+  """F1(α) of every model (solid) and baseline (dashed) of a `Comparison`, on one plot."""
+  ax = _new_axes(ax)
+  i = 0
+  for name, row in comparison.table.iterrows():
+    curve = comparison.curves.get(name)
+    if curve is None:
+      continue
+    x, y = step_curve(curve["alphas"], curve["f1"])
+    model = row["kind"] == "model"
+    base = {label: key for key, label in _LABELS.items()}.get(name)
+    color = f"C{i % 10}" if model else _COLORS.get(base, "0.5")
+    i += model
+    ax.step(x, y, where="post", color=color, lw=2.0 if model else 1.3,
+            ls="-" if model else "--", label=f"{name} ({float(row['auc_f1']):.3f})")
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1.02)
+  ax.set_xlabel("p-value threshold α")
+  ax.set_ylabel("F1(α)")
+  shared = comparison.shared
+  ax.set_title(f"F1 at p-value ({shared.get('null')} null, correct = rank ≤ {shared.get('k')})",
+               fontsize=10)
+  ax.legend(loc="best", fontsize=7, framealpha=0.9, title="AUC-F1", title_fontsize=7)
+  ax.grid(alpha=0.3)
+  return ax
+
+
+def plot_comparison_table(comparison, ax=None):
+  """A table figure: one row per model and baseline, a filled circle per headline number.
+
+  The circle's size and colour show the value on [0, 1]; the number is written
+  beside it; the best model in each column is in bold.
+  """
+  ax = _new_axes(ax)
+  table = comparison.table
+  names = list(table.index)
+  n_rows, n_cols = len(names), len(_TABLE_COLUMNS)
+  for j, (col, header, _) in enumerate(_TABLE_COLUMNS):
+    values = table[col].to_numpy(dtype=float)
+    models = (table["kind"] == "model").to_numpy()
+    best = np.nanmax(np.where(models, values, np.nan)) if models.any() else np.nan
+    for i, v in enumerate(values):
+      y = n_rows - 1 - i
+      if np.isfinite(v):
+        ax.scatter(j, y, s=80 + 520 * np.clip(v, 0, 1), c=[[v]], cmap="viridis", vmin=0, vmax=1,
+                   edgecolors="0.3", linewidths=0.5)
+      bold = models[i] and np.isfinite(v) and v == best
+      ax.text(j + 0.28, y, "–" if not np.isfinite(v) else f"{v:.3f}", va="center", fontsize=8,
+              fontweight="bold" if bold else "normal")
+  ax.set_xticks(range(n_cols))
+  ax.set_xticklabels([h for _, h, _ in _TABLE_COLUMNS], fontsize=8)
+  ax.xaxis.tick_top()
+  ax.set_yticks(range(n_rows))
+  ax.set_yticklabels(names[::-1], fontsize=8)
+  ax.set_xlim(-0.5, n_cols - 0.1)
+  ax.set_ylim(-0.7, n_rows - 0.3)
+  for side in ("right", "bottom", "left"):
+    ax.spines[side].set_visible(False)
+  ax.tick_params(length=0)
+  return ax
+
+
+def save_comparison_plot(comparison, directory, *, dpi: int = 110) -> str:
+  """Writes `comparison.png` (curves beside the table figure) into `directory`."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  n_rows = len(comparison.table)
+  fig = Figure(figsize=(11.5, max(4.0, 0.45 * n_rows + 1.5)))
+  FigureCanvasAgg(fig)
+  left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.1, 1.0]})
+  plot_comparison_curves(comparison, ax=left)
+  plot_comparison_table(comparison, ax=right)
+  fig.tight_layout()
+  path = os.path.join(os.fspath(directory), COMPARISON_FILE)
+  fig.savefig(path, dpi=dpi)
+  return path
