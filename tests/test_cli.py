@@ -70,7 +70,10 @@ def test_evaluate_writes_report_table_and_plots(files, tmp_path, capsys):
   code, stdout, _ = _run(["evaluate", "--pred", files["pred"], "--real", files["real"], "--out",
                           out], capsys)
   assert code == 0
-  assert sorted(os.listdir(out)) == sorted(["report.json", "per_perturbation.csv", *PLOTS])
+  written = ["report.json", "per_perturbation.csv", *PLOTS]
+  assert sorted(os.listdir(out)) == sorted([".twinbench-manifest.json", *written])
+  manifest = json.loads((out / ".twinbench-manifest.json").read_text())
+  assert manifest["files"] == {n: (out / n).stat().st_size for n in written}
   report = json.loads((out / "report.json").read_text())
   for field in SPEC_FIELDS:
     assert field in report, field
@@ -157,17 +160,24 @@ def test_unwritable_output_folder(files, tmp_path, capsys):
 def test_existing_folder_kept_on_failure_and_updated_on_success(files, tmp_path, capsys):
   out = tmp_path / "out"
   out.mkdir()
-  (out / "report.json").write_text("old")
-  (out / "mine.txt").write_text("keep me")
+  old = '{"twinbench_version": "0.0.1", "auc_f1": 0.5}'  # a report from before the manifest
+  (out / "report.json").write_text(old)
   code, _, _ = _run(["evaluate", "--pred", files["nan"], "--real", files["real"], "--out", out],
                     capsys)
   assert code == 2
-  assert (out / "report.json").read_text() == "old"
+  assert (out / "report.json").read_text() == old
+  # A file twinbench did not write: the folder is refused and left exactly as it was.
+  (out / "mine.txt").write_text("keep me")
+  code, _, stderr = _run(["evaluate", "--pred", files["pred"], "--real", files["real"], "--out",
+                          out, "--quiet"], capsys)
+  assert code == 2 and "'mine.txt'" in stderr
+  assert sorted(os.listdir(out)) == ["mine.txt", "report.json"]
+  assert (out / "report.json").read_text() == old
+  (out / "mine.txt").unlink()
   code, _, _ = _run(["evaluate", "--pred", files["pred"], "--real", files["real"], "--out", out,
                      "--quiet"], capsys)
   assert code == 0
   assert json.loads((out / "report.json").read_text())["n_queries"] == 8
-  assert (out / "mine.txt").read_text() == "keep me"
 
 
 def test_help_explains_every_option(capsys):

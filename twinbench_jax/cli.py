@@ -7,23 +7,29 @@
   `twinbench demo --real FILE.h5ad` does the same on real data with split-half
   predictions.
 
-Output folders are written all-or-nothing: everything goes to a temporary
-folder beside `DIR` first and is moved into place only when complete.
+Output folders are replaced all-or-nothing and never lose a user's file
+(`twinbench_jax._src.output_dir`): `DIR` must be new, empty or a previous
+twinbench output (listed in its `.twinbench-manifest.json`); everything is
+written to a hidden folder beside `DIR`, which takes its place in one step
+when complete. Exit codes: 0 success, 2 bad input or an output folder that
+cannot be written, 130 on SIGINT (Ctrl-C), 143 on SIGTERM; an interrupted run
+leaves `DIR` as it was and nothing behind.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import os
-import shutil
+import signal
 import sys
-import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
 
 from twinbench_jax._src import baselines as baselines_lib
+from twinbench_jax._src import output_dir
 from twinbench_jax._src import profiles as profiles_lib
 from twinbench_jax._src import similarity as similarity_lib
 
@@ -37,51 +43,38 @@ class UsageError(Exception):
 # ----------------------------------------------------------------------------- output folder
 
 
-@contextlib.contextmanager
-def _atomic_dir(out: str):
-  """Yields a temporary folder beside `out`; moves its content into `out` on success.
-
-  Nothing is written to `out` unless the block completes: on any error the
-  temporary folder is removed and `out` is left as it was.
-  """
-  out = os.path.abspath(out)
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise UsageError(f"output path {out!r} exists and is not a folder")
-  parent = os.path.dirname(out)
-  try:
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
-    umask = os.umask(0o022)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
-  except OSError as e:
-    raise UsageError(f"cannot write to output folder {out!r}: {e.strerror or e}") from None
-  try:
-    yield tmp
-    if not os.path.exists(out):
-      os.replace(tmp, out)
-      return
-    for name in sorted(os.listdir(tmp)):
-      target = os.path.join(out, name)
-      if os.path.isdir(target) and not os.path.islink(target):
-        shutil.rmtree(target)
-      os.replace(os.path.join(tmp, name), target)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _probe_output(out: str) -> None:
-  """Fails early, before any work, when `out` could not be created or written."""
-  out = os.path.abspath(out)
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise UsageError(f"output path {out!r} exists and is not a folder")
-  probe = out
-  while not os.path.exists(probe):
-    probe = os.path.dirname(probe)
-  if not os.path.isdir(probe):
-    raise UsageError(f"cannot create output folder {out!r}: {probe!r} is not a folder")
-  if not os.access(probe, os.W_OK | os.X_OK):
-    raise UsageError(f"cannot write to output folder {out!r}: {probe!r} is not writable")
+  """Refuses an unsafe --out before any work (see `output_dir.check`)."""
+  try:
+    output_dir.check(out)
+  except (output_dir.OutputDirError, OSError) as e:
+    raise UsageError(f"--out {out!r}: {e}") from None
+
+
+@contextlib.contextmanager
+def _out_errors(out: str):
+  """Names --out in the errors of the final write (the folder changed meanwhile, ...)."""
+  try:
+    yield
+  except output_dir.OutputDirError as e:
+    raise UsageError(f"--out {out!r}: {e}") from None
+
+
+def _check_not_inside(out: str, inputs: Sequence[tuple[str, str]]) -> None:
+  """Refuses an --out folder that holds an input file: replacing it would delete the input."""
+  real = os.path.realpath(out)
+  for flag, path in inputs:
+    if os.path.realpath(path).startswith(real + os.sep):
+      raise UsageError(f"--out {out!r} holds the input file {flag} {path!r}, which replacing "
+                       "the folder would delete; give another --out")
+
+
+_SEED_MAX = 2**32 - 1
+
+
+def _check_seed(seed: int) -> None:
+  if not 0 <= seed <= _SEED_MAX:
+    raise UsageError(f"--seed must be an integer in [0, {_SEED_MAX}], got {seed}")
 
 
 # ----------------------------------------------------------------------------- printing
@@ -226,6 +219,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     raise UsageError(f"--n-top-genes must be >= 1, got {args.n_top_genes}")
   if args.chunk_size is not None and args.chunk_size < 1:
     raise UsageError(f"--chunk-size must be >= 1, got {args.chunk_size}")
+  _check_seed(args.seed)
   for flag, path in (("--pred", args.pred), ("--real", args.real)):
     if not os.path.isfile(path):
       raise UsageError(f"{flag}: file not found: {path!r}")
@@ -234,6 +228,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
   null = _null_arg(args.null)
   wanted = _baselines_arg(args.baselines)
   _probe_output(args.out)
+  inputs = [("--pred", args.pred), ("--real", args.real), ("--genes", args.genes),
+            ("--target-genes", args.target_genes)]
+  if null != "label":
+    inputs += [("--null", v) for v in null]
+  _check_not_inside(args.out, [(f, p) for f, p in inputs if p and os.path.isfile(p)])
 
   report = evaluate_lib.evaluate(
       args.pred, args.real, perturbation_key=args.perturbation_key,
@@ -246,8 +245,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
       unmatched=args.unmatched, metric=args.metric, k=args.k, null=null, n_null=args.n_null,
       seed=args.seed, baselines=wanted, chunk_size=args.chunk_size, progress=not args.quiet,
       name=args.name)
-  with _atomic_dir(args.out) as tmp:
-    report.save(tmp)
+  with _out_errors(args.out):
+    report.save(args.out)
   if not args.quiet:
     _print_summary(report, args.out)
   return 0
@@ -304,6 +303,12 @@ def run_demo(args: argparse.Namespace, out=None) -> int:
 
   if args.n_perturbations < 2:
     raise UsageError(f"--n-perturbations must be >= 2, got {args.n_perturbations}")
+  per_effect = inspect.signature(simulate.simulate_perturbations).parameters[
+      "genes_per_effect"].default
+  if args.n_genes < per_effect:
+    raise UsageError(f"--n-genes must be >= {per_effect} (each simulated perturbation moves "
+                     f"{per_effect} genes), got {args.n_genes}")
+  _check_seed(args.seed)
   _probe_output(args.out)
   key = jax.random.key(args.seed)
   k_data, k_models = jax.random.split(key)
@@ -319,7 +324,7 @@ def run_demo(args: argparse.Namespace, out=None) -> int:
         "(exact label-permutation null; a model that ignores its input scores AUC-F1 = 0, the "
         f"best possible is {1 - 1 / n_p:.3f}).\n", file=out)
   rows, reports = [], {}
-  with _atomic_dir(args.out) as tmp:
+  with _out_errors(args.out), output_dir.staged(args.out) as tmp:
     cells = np.concatenate([np.asarray(data.control_cells), np.asarray(data.cells)])
     cell_labels = ["control"] * data.control_cells.shape[0] + [
         labels[i] for i in np.asarray(data.labels)]
@@ -355,7 +360,9 @@ def _run_real_demo(args: argparse.Namespace, out) -> int:
 
   if not os.path.isfile(args.real):
     raise UsageError(f"--real: file not found: {args.real!r}")
+  _check_seed(args.seed)
   _probe_output(args.out)
+  _check_not_inside(args.out, [("--real", args.real)])
   src = profiles_lib.open_source(args.real, args.real)
   try:
     key, control = profiles_lib.resolve_keys(src, args.perturbation_key, args.control)
@@ -372,7 +379,7 @@ def _run_real_demo(args: argparse.Namespace, out) -> int:
   print(f"Half of the cells of each perturbation (seed {args.seed}) are the 'predictions', the "
         f"other half the real data; profiles are pseudobulks of {normalize or 'the stored values'}"
         ", scored with the exact label-permutation null.\n", file=out)
-  with _atomic_dir(args.out) as tmp:
+  with _out_errors(args.out), output_dir.staged(args.out) as tmp:
     for h, name in ((0, "pred.h5ad"), (1, "real.h5ad")):
       part = adata[half == h]
       sub = anndata.AnnData(part.X, obs=part.obs.copy(), var=part.var.copy())
@@ -403,6 +410,13 @@ def _run_real_demo(args: argparse.Namespace, out) -> int:
 
 # ----------------------------------------------------------------------------- parser
 
+_OUT_HELP = (
+    "DIR is replaced as a whole, never mixed: the new files are written into a hidden folder "
+    "beside DIR that takes its place when complete, with a manifest .twinbench-manifest.json "
+    "listing them. DIR must be new, empty or a previous twinbench output; a DIR holding any "
+    "file or folder twinbench did not write, the current or home folder, '/' or an empty "
+    "path is refused (exit 2), and nothing is ever removed that twinbench did not write")
+
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
@@ -419,14 +433,14 @@ def build_parser() -> argparse.ArgumentParser:
       "mean, control and split-half baselines are scored on the same data. Writes "
       "DIR/report.json, DIR/per_perturbation.csv and PNG plots (F1 versus alpha, rank and "
       "p-value histograms, popularity). Exit code 0 on success, 2 with a one-line reason on "
-      "bad input.")
+      "bad input, 130 on Ctrl-C (SIGINT), 143 on SIGTERM; an interrupted run leaves DIR as it "
+      "was.")
   io = ev.add_argument_group("files")
   io.add_argument("--pred", required=True, metavar="P.h5ad",
                   help="predictions: one row per perturbation, or many cells per perturbation "
                   "(averaged)")
   io.add_argument("--real", required=True, metavar="R.h5ad", help="the real single-cell data")
-  io.add_argument("--out", required=True, metavar="DIR",
-                  help="output folder (created; written all-or-nothing)")
+  io.add_argument("--out", required=True, metavar="DIR", help=_OUT_HELP)
   keys = ev.add_argument_group("labels")
   keys.add_argument("--perturbation-key", metavar="K", default=None,
                     help="obs column of the perturbation label (default: "
@@ -493,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated baselines: mean, control, split_half (default all "
                      "three; 'none' for none)")
   score.add_argument("--seed", type=int, default=0,
-                     help="seed of the split-half baseline (default 0)")
+                     help=f"seed of the split-half baseline, 0 to {_SEED_MAX} (default 0)")
   run = ev.add_argument_group("run")
   run.add_argument("--chunk-size", type=int, default=None, metavar="N",
                    help="cells read at a time (default: about 4 million values per block)")
@@ -512,11 +526,12 @@ def build_parser() -> argparse.ArgumentParser:
       "cells of each perturbation in two halves, one half predicting the other, versus the "
       "mean and control baselines.")
   demo.add_argument("--out", default="twinbench_demo_out", metavar="DIR",
-                    help="output folder (default ./twinbench_demo_out)")
-  demo.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+                    help="output folder (default ./twinbench_demo_out). " + _OUT_HELP)
+  demo.add_argument("--seed", type=int, default=0, help=f"seed, 0 to {_SEED_MAX} (default 0)")
   demo.add_argument("--n-perturbations", type=int, default=40,
                     help="number of simulated perturbations (default 40)")
-  demo.add_argument("--n-genes", type=int, default=200, help="number of genes (default 200)")
+  demo.add_argument("--n-genes", type=int, default=200,
+                    help="number of genes, at least 10 (default 200)")
   demo.add_argument("--metric", choices=similarity_lib.METRICS, default="sqeuclidean",
                     help="similarity (default sqeuclidean)")
   demo.add_argument("--real", metavar="FILE.h5ad", default=None,
@@ -536,8 +551,21 @@ def _one_line(e: BaseException) -> str:
   return " ".join(str(e).split()) or type(e).__name__
 
 
+def _interrupted(args: argparse.Namespace, signum: int, replaced: bool = False) -> int:
+  done = ("after the new output was complete; --out holds it" if replaced else
+          "--out left as it was")
+  print(f"twinbench {args.command}: interrupted by {signal.Signals(signum).name}; {done}",
+        file=sys.stderr)
+  return 128 + signum
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  """Runs the command line; returns the exit code (0 on success, 2 on bad input)."""
+  """Runs the command line; returns the exit code.
+
+  0 on success, 2 on bad input (one line on stderr), 130 on SIGINT (Ctrl-C)
+  and 143 on SIGTERM: an interrupted run removes its staging folder, leaves
+  the output folder as it was and prints one line, no traceback.
+  """
   parser = build_parser()
   try:
     args = parser.parse_args(argv)
@@ -546,8 +574,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if getattr(args, "func", None) is None:
     parser.print_help()
     return 2
-  try:
-    return args.func(args)
-  except (UsageError, ValueError, TypeError, KeyError, OSError) as e:
-    print(f"twinbench {args.command}: error: {_one_line(e)}", file=sys.stderr)
-    return 2
+  with output_dir.handle_signals() as received:
+    try:
+      code = args.func(args)
+    except (UsageError, ValueError, TypeError, KeyError, OSError) as e:
+      print(f"twinbench {args.command}: error: {_one_line(e)}", file=sys.stderr)
+      return 2
+    except output_dir.Interrupted as e:
+      return _interrupted(args, e.signum, e.replaced)
+    except KeyboardInterrupt:
+      return _interrupted(args, signal.SIGINT)
+    if received:  # swallowed on the way (raised inside a finaliser, say) after the output
+      return _interrupted(args, received[0], replaced=True)
+    return code

@@ -148,25 +148,46 @@ class Report:
   def save(self, directory, *, plots: bool = True) -> list[str]:
     """Writes `report.json`, `per_perturbation.csv` and (optionally) the PNG plots.
 
-    Writes into `directory` (created if needed); for an all-or-nothing write
-    use the CLI, which writes to a temporary folder first.
+    `directory` is replaced all-or-nothing: the files are written into a
+    hidden staging folder beside it (`.NAME.tmp-*`), which then takes its
+    place in one step, with a manifest `.twinbench-manifest.json` listing the
+    files written. A reader sees the old set or the new one, never a mix; on
+    any error or interrupt `directory` is left as it was.
+
+    `directory` must be new, empty, or a previous twinbench output (its
+    manifest lists every file in it; a folder saved before the manifest
+    existed counts when it holds only twinbench's file names, as plain
+    files, with a twinbench `report.json`). Anything else is refused before
+    anything is written, naming the entry: a file or folder twinbench did
+    not write, the current or home folder, a filesystem root, an empty path.
+    Only files twinbench wrote are ever removed.
+
+    Args:
+      directory: the output folder (created with its parents if needed).
+      plots: also write the four PNG plots.
 
     Returns:
-      The paths written.
-    """
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    paths = [os.path.join(directory, "report.json"),
-             os.path.join(directory, "per_perturbation.csv")]
-    with open(paths[0], "w") as f:
-      f.write(self.to_json())
-      f.write("\n")
-    self.per_perturbation.to_csv(paths[1], index=False)
-    if plots:
-      from twinbench_jax._src import plots as plots_lib
+      The paths written (inside `directory`; the manifest not included).
 
-      paths += plots_lib.save_plots(self, directory)
-    return paths
+    Raises:
+      ValueError: an unsafe `directory` (`output_dir.OutputDirError`).
+      OSError: the folder could not be written or replaced (e.g. an old
+        file there is immutable); nothing was changed.
+    """
+    from twinbench_jax._src import output_dir
+
+    directory = os.fspath(directory)
+    names = ["report.json", "per_perturbation.csv"]
+    with output_dir.staged(directory) as tmp:
+      with open(os.path.join(tmp, names[0]), "w") as f:
+        f.write(self.to_json())
+        f.write("\n")
+      self.per_perturbation.to_csv(os.path.join(tmp, names[1]), index=False)
+      if plots:
+        from twinbench_jax._src import plots as plots_lib
+
+        names += [os.path.basename(p) for p in plots_lib.save_plots(self, tmp)]
+    return [os.path.join(directory, n) for n in names]
 
   # Plots (matplotlib, imported on first use).
   def plot_f1_curves(self, ax=None):
