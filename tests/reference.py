@@ -166,7 +166,9 @@ def empirical_pvalues(scores, null):
   out = np.zeros(scores.shape)
   for idx in np.ndindex(scores.shape):
     obs = _value(scores[idx])
-    count = sum(1 for b in range(b_total) if _value(null[(b,) + idx]) >= obs)
+    # a NaN null score (a failed replicate) counts against the observed score
+    count = sum(1 for b in range(b_total)
+                if np.isnan(null[(b,) + idx]) or _value(null[(b,) + idx]) >= obs)
     out[idx] = (1 + count) / (b_total + 1)
   return out
 

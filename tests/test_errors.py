@@ -212,12 +212,12 @@ def test_nan_scores_rank_like_minus_infinity(seed):
   np.testing.assert_allclose(counts, ref.top1_counts(s), rtol=1e-6)
 
 
-def test_nan_observed_score_gets_pvalue_one():
+def test_nan_observed_or_null_score_counts_against_the_query():
   scores = np.array([np.nan, 0.5, 0.5], np.float32)
   null = np.array([[-10.0, 0.0, np.nan], [-20.0, 1.0, np.nan]], np.float32)
   p = np.asarray(tb.empirical_pvalues(scores, null))
-  # NaN observed: every null beats it; a NaN null never beats a real score
-  np.testing.assert_allclose(p, [1.0, 2 / 3, 1 / 3])
+  # NaN observed: every null beats it; a NaN null (a failed replicate) beats every score
+  np.testing.assert_allclose(p, [1.0, 2 / 3, 1.0])
   np.testing.assert_allclose(p, ref.empirical_pvalues(scores, null))
 
 
@@ -269,18 +269,23 @@ def test_nan_score_at_a_non_relevant_candidate_does_not_leak_into_own_scores():
   assert cross[1, 0] == np.inf and np.isfinite(np.delete(cross[1], 0)).all()
 
 
-def test_nan_prediction_gets_pvalue_one_and_leaves_the_other_queries_alone():
+def test_nan_prediction_is_refused_and_under_jit_poisons_only_its_query():
+  # one NaN policy with tb.label_null: a NaN prediction is refused, not ranked last
   rng = np.random.default_rng(2)
   y = rng.normal(size=(7, 5)).astype(np.float32)
   x = (y + 0.3 * rng.normal(size=y.shape)).astype(np.float32)
   x_nan = x.copy()
   x_nan[3] = np.nan
-  res = tb.evaluate_arrays(x_nan, y)
+  with pytest.raises(ValueError, match=r"`predictions` holds 5 non-finite.*\(3, 0\)"):
+    tb.evaluate_arrays(x_nan, y)
+  res = jax.jit(tb.evaluate_arrays)(x_nan, y)
   clean = tb.evaluate_arrays(x, y)
-  assert float(res.pvalues[3]) == 1.0
-  assert float(res.ranks[3]) == 1 + 0.5 * 6  # every candidate ties at -inf
+  assert np.isnan(float(res.pvalues[3])) and np.isnan(float(res.ranks[3]))
+  assert not bool(res.correct[3]) and np.isnan(float(res.auc_f1))
   keep = np.arange(7) != 3
   np.testing.assert_array_equal(np.asarray(res.ranks)[keep], np.asarray(clean.ranks)[keep])
+  # the other queries' label p-values count the NaN prediction as -inf
   s = np.asarray(tb.similarity(x_nan, y))
   cross = ref.cross_own_scores(s, np.eye(7, dtype=bool))
-  np.testing.assert_allclose(np.asarray(res.pvalues), ref.label_permutation_pvalues(cross))
+  np.testing.assert_allclose(np.asarray(res.pvalues)[keep],
+                             ref.label_permutation_pvalues(cross)[keep])

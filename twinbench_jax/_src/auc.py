@@ -71,9 +71,11 @@ def auc_f1(pvalues: jax.Array, correct: jax.Array, *,
       (not called, not counted in `Q`).
 
   Returns:
-    An `AucF1Result` with curves of length `Q`.
+    An `AucF1Result` with curves of length `Q`, in at least float32. Under
+    `jit`, a p-value outside (0, 1] (or NaN) among the unmasked queries makes
+    every field NaN (eagerly it is a `ValueError`).
   """
-  p = validation.as_float_array(pvalues, "pvalues", ndim=1)
+  p = validation.at_least_float32(validation.as_float_array(pvalues, "pvalues", ndim=1))
   ok = validation.as_bool_array(correct, "correct", ndim=1)
   validation.check_same_shape(p, ok, "pvalues", "correct")
   mask = jnp.ones(p.shape, bool) if where is None else validation.as_bool_array(
@@ -81,7 +83,11 @@ def auc_f1(pvalues: jax.Array, correct: jax.Array, *,
   validation.check_same_shape(p, mask, "pvalues", "where")
   # masked queries are left out entirely, placeholder p-values included
   validation.check_pvalues(p if where is None else jnp.where(mask, p, 1.0))
-  return _auc_f1(p, ok, mask)
+  result = _auc_f1(p, ok, mask)
+  if validation.any_traced(p, mask):
+    result = validation.poison(result, jnp.any(validation.out_of_range(p, 0.0, 1.0, low_open=True)
+                                               & mask))
+  return result
 
 
 @jax.jit
@@ -122,9 +128,11 @@ def candidate_auc_f1(pvalues: jax.Array, relevance: jax.Array, *,
       query (masked entries are never retrieved and never relevant).
 
   Returns:
-    An `AucF1Result` with curves of length `Q * C`.
+    An `AucF1Result` with curves of length `Q * C`, in at least float32. Under
+    `jit`, an unmasked p-value outside (0, 1] or a query without a relevant
+    (unmasked) candidate makes every field NaN (eagerly a `ValueError`).
   """
-  p = validation.as_float_array(pvalues, "pvalues", ndim=2)
+  p = validation.at_least_float32(validation.as_float_array(pvalues, "pvalues", ndim=2))
   rel = validation.as_bool_array(relevance, "relevance", ndim=2)
   validation.check_same_shape(p, rel, "pvalues", "relevance")
   mask = jnp.ones(p.shape, bool) if where is None else validation.as_bool_array(
@@ -132,7 +140,11 @@ def candidate_auc_f1(pvalues: jax.Array, relevance: jax.Array, *,
   validation.check_same_shape(p, mask, "pvalues", "where")
   validation.check_pvalues(p if where is None else jnp.where(mask, p, 1.0))
   validation.check_every_query_has_relevant(rel & mask, "relevance (after `where`)")
-  return _candidate_auc_f1(p, rel, mask)
+  result = _candidate_auc_f1(p, rel, mask)
+  if validation.any_traced(p, rel, mask):
+    bad_p = validation.out_of_range(p, 0.0, 1.0, low_open=True) & mask
+    result = validation.poison(result, jnp.any(bad_p) | ~jnp.all(jnp.any(rel & mask, axis=1)))
+  return result
 
 
 @jax.jit

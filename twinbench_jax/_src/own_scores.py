@@ -26,14 +26,19 @@ def own_scores(scores: jax.Array, relevance: jax.Array) -> jax.Array:
   """`m_q`: mean similarity of prediction `q` to its relevant candidates, `[Q]`.
 
   The default own score of SPEC §1 (the similarity to the relevant candidate,
-  averaged when there are several).
+  averaged when there are several), in the precision of `scores`. A query
+  without a relevant candidate is a `ValueError`; under `jit` its own score is NaN.
   """
   s = validation.as_float_array(scores, "scores", ndim=2)
   rel = validation.as_bool_array(relevance, "relevance", ndim=2)
   validation.check_same_shape(s, rel, "scores", "relevance")
+  validation.check_every_query_has_relevant(rel)
   # `where` first: a NaN/inf score at a non-relevant candidate must not leak in (NaN * 0 = NaN).
   # Sum, then divide: equal sums stay exactly equal means (ties count in p-values).
-  return jnp.sum(jnp.where(rel, s, 0.0), axis=1) / _relevant_counts(rel, s.dtype)
+  own = jnp.sum(jnp.where(rel, s, 0.0), axis=1) / _relevant_counts(rel, s.dtype)
+  if validation.any_traced(rel):
+    own = validation.poison(own, ~jnp.any(rel, axis=1))
+  return own
 
 
 def cross_own_scores(scores: jax.Array, relevance: jax.Array) -> jax.Array:
@@ -41,12 +46,17 @@ def cross_own_scores(scores: jax.Array, relevance: jax.Array) -> jax.Array:
 
   `out[i, j]` = mean similarity of prediction `i` to the relevant candidates of
   query `j`; its diagonal is `own_scores`. The input of
-  `tb.label_permutation_pvalues`.
+  `tb.label_permutation_pvalues`. A query without a relevant candidate is a
+  `ValueError`; under `jit` its column is NaN.
   """
   s = validation.as_float_array(scores, "scores", ndim=2)
   rel = validation.as_bool_array(relevance, "relevance", ndim=2)
   validation.check_same_shape(s, rel, "scores", "relevance")
-  return _cross(s, rel, single=single_relevant(rel))
+  validation.check_every_query_has_relevant(rel)
+  cross = _cross(s, rel, single=single_relevant(rel))
+  if validation.any_traced(rel):
+    cross = validation.poison(cross, ~jnp.any(rel, axis=1)[None, :])
+  return cross
 
 
 def single_relevant(rel: jax.Array):

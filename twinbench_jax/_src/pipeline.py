@@ -71,7 +71,16 @@ def evaluate_arrays(
     ties: tie rule of `tb.truth_ranks`.
 
   Returns:
-    An `ArrayEvaluation`.
+    An `ArrayEvaluation`. Ranks, p-values and every summary are in at least
+    float32 (bfloat16 inputs: the similarities run in bfloat16, then are
+    counted in float32).
+
+  Raises:
+    ValueError: for non-finite predictions or references (as `tb.label_null`),
+      a query without a relevant candidate, or mismatched shapes. Under
+      `jit`, where values cannot be checked, such a query gets NaN in
+      `ranks`, `own_scores` and `pvalues` (`correct` is False), and the
+      curve and every summary are NaN; a non-finite reference poisons all.
   """
   x = validation.as_float_array(predictions, "predictions", ndim=2)
   y = validation.as_float_array(references, "references", ndim=2)
@@ -94,19 +103,42 @@ def evaluate_arrays(
     raise ValueError(
         f"`predictions` and `references` must have the same number of features (genes), got "
         f"predictions {tuple(x.shape)} and references {tuple(y.shape)}")
+  if x.shape[1] == 0:
+    raise ValueError(
+        f"`predictions` and `references` have no features (genes): shapes {tuple(x.shape)} and "
+        f"{tuple(y.shape)}; with G = 0 every candidate would tie")
+  # one NaN policy with `tb.label_null`: a non-finite profile is refused, not ranked last
+  validation.check_no_nan(x, "predictions")
+  validation.check_no_nan(y, "references")
   if metric not in similarity_lib.METRICS:
     raise ValueError(f"unknown `metric` {metric!r}; choose one of {similarity_lib.METRICS}")
   if ties not in ranking.TIES:
     raise ValueError(f"unknown `ties` {ties!r}; choose one of {ranking.TIES}")
   if k < 1:
     raise ValueError(f"`k` must be >= 1, got {k}")
-  return _evaluate_arrays(x, y, rel, metric=metric, k=k, ties=ties, single=single)
+  res = _evaluate_arrays(x, y, rel, metric=metric, k=k, ties=ties, single=single)
+  if validation.any_traced(x, y, rel):
+    res = _poisoned(res, x, y, rel)
+  return res
+
+
+def _poisoned(res: ArrayEvaluation, x, y, rel) -> ArrayEvaluation:
+  """The traced counterpart of the value checks of `evaluate_arrays`."""
+  bad = ~jnp.all(jnp.isfinite(x), axis=1) | ~jnp.all(jnp.isfinite(y))
+  if rel is not None:
+    bad = bad | ~jnp.any(rel, axis=1)
+  per_query = validation.poison((res.ranks, res.own_scores, res.pvalues), bad)
+  summary = validation.poison(
+      (res.curve, res.auc_f1, res.hit_at_k, res.mrr, res.mean_rank, res.normalized_rank),
+      jnp.any(bad))
+  return ArrayEvaluation(*per_query, res.correct & ~bad, *summary)
 
 
 @functools.partial(jax.jit, static_argnames=("metric", "k", "ties", "single"))
 def _evaluate_arrays(x, y, rel, *, metric, k, ties, single=None):
   """The jitted pipeline; `rel` may be None when `single` is ``"identity"``."""
-  s = similarity_lib._similarity(x, y, metric=metric)
+  # similarities in the input precision; ranks and counts in at least float32
+  s = validation.at_least_float32(similarity_lib._similarity(x, y, metric=metric))
   cross = own_lib._cross(s, rel, single=single)
   if single == "identity":
     ranks, pvalues = identity_pass.ranks_and_label_pvalues(s, ties=ties)

@@ -1,15 +1,24 @@
 """Empirical and label-permutation p-values, and the Benjamini–Hochberg adjustment (SPEC §3).
 
 A null score that equals the observed score counts as an exceedance (`>=`),
-so a model whose output ignores its input gets `p = 1`. NaN counts as -inf on
-both sides: a NaN observed score is beaten by every null score (p = 1), and a
-NaN null score beats only another NaN.
+so a model whose output ignores its input gets `p = 1`. NaN is a failure to
+score and always counts against the observed score (conservative): a NaN
+observed score is beaten by every null score, NaN ones included (p = 1), and
+a NaN null score beats every observed score, so a failed null (all NaN) gives
+p = 1 everywhere and never makes a query significant. In the exact label
+null (`label_permutation_pvalues`) the competitors are the model's own other
+predictions, and a NaN among them counts as -inf (beats only a NaN own
+score); `tb.evaluate_arrays` and `tb.label_null` refuse NaN predictions.
+
+p-values, counts turned into p-values and adjusted p-values come out in at
+least float32, whatever the precision of the scores.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from twinbench_jax._src import validation
 
@@ -18,16 +27,55 @@ def exceedance_counts(scores: jax.Array, null_scores: jax.Array) -> jax.Array:
   """`#{b : null_scores[b] >= scores}`, int32 with the shape of `scores`.
 
   The building block of streamed nulls: counts from chunks of replicates add
-  up, so the `[B, ...]` null never has to be held at once.
+  up, so the `[B, ...]` null never has to be held at once. A NaN null score
+  counts as an exceedance, and a NaN observed score is exceeded by every
+  replicate (see the module docstring), so the counts have no invalid values
+  and stay integers under `jit`.
+
+  Args:
+    scores: observed scores of any shape `S`.
+    null_scores: `[B, *S]` null scores.
   """
-  s = validation.nan_to_neg_inf(scores)
-  n = validation.nan_to_neg_inf(null_scores)
-  return jnp.sum(n >= s[None], axis=0, dtype=jnp.int32)
+  s = validation.as_float_array(scores, "scores")
+  n = validation.as_float_array(null_scores, "null_scores")
+  _check_null_shape(s, n)
+  return _exceedance_counts(s, n)
+
+
+def _exceedance_counts(s, n):
+  s = validation.nan_to_neg_inf(s)
+  return jnp.sum((n >= s[None]) | jnp.isnan(n), axis=0, dtype=jnp.int32)
+
+
+def _check_null_shape(s, n):
+  if n.ndim != s.ndim + 1 or tuple(n.shape[1:]) != tuple(s.shape):
+    raise ValueError(
+        f"`null_scores` must have shape (B, *scores.shape) = (B, {', '.join(map(str, s.shape))})"
+        f", got {tuple(n.shape)}")
 
 
 def pvalues_from_counts(counts: jax.Array, n_null: int) -> jax.Array:
-  """`(1 + counts) / (n_null + 1)`: the empirical p-value, never zero (SPEC §3)."""
-  return (1.0 + jnp.asarray(counts, jnp.result_type(float))) / (n_null + 1.0)
+  """`(1 + counts) / (n_null + 1)`: the empirical p-value, never zero (SPEC §3).
+
+  Args:
+    counts: exceedance counts in `[0, n_null]` (any shape).
+    n_null: the number of null replicates `B >= 1`.
+
+  Returns:
+    p-values of the shape of `counts`, float32 (float64 under x64). Eagerly a
+    count outside `[0, n_null]` or `n_null < 1` is a `ValueError`; under `jit`
+    those entries (all of them for a bad `n_null`) are NaN.
+  """
+  validation.check_scalar_range(n_null, "n_null", 1, np.inf)
+  c = jnp.asarray(counts)
+  if not (jnp.issubdtype(c.dtype, jnp.integer) or jnp.issubdtype(c.dtype, jnp.floating)):
+    raise TypeError(f"`counts` must be numeric, got dtype {c.dtype}")
+  validation.check_range(counts, "counts", 0, n_null if validation.is_concrete(n_null)
+                         else np.inf)
+  p = (1.0 + jnp.asarray(c, jnp.result_type(float))) / (n_null + 1.0)
+  if validation.any_traced(c, n_null):
+    p = validation.poison(p, validation.out_of_range(c, 0, n_null) | (jnp.asarray(n_null) < 1))
+  return p
 
 
 def empirical_pvalues(scores: jax.Array, null_scores: jax.Array) -> jax.Array:
@@ -42,14 +90,13 @@ def empirical_pvalues(scores: jax.Array, null_scores: jax.Array) -> jax.Array:
       with randomised inputs.
 
   Returns:
-    p-values of shape `S`, in `[1/(B+1), 1]`.
+    p-values of shape `S`, in `[1/(B+1), 1]`, in at least float32. A NaN on
+    either side counts against the observed score: a replicate with a NaN
+    null score counts as an exceedance (an all-NaN null gives p = 1).
   """
   s = validation.as_float_array(scores, "scores")
   n = validation.as_float_array(null_scores, "null_scores")
-  if n.ndim != s.ndim + 1 or tuple(n.shape[1:]) != tuple(s.shape):
-    raise ValueError(
-        f"`null_scores` must have shape (B, *scores.shape) = (B, {', '.join(map(str, s.shape))})"
-        f", got {tuple(n.shape)}")
+  _check_null_shape(s, n)
   if n.shape[0] < 1:
     raise ValueError("`null_scores` has zero null replicates (B = 0); need B >= 1")
   return _empirical_pvalues(s, n)
@@ -57,7 +104,8 @@ def empirical_pvalues(scores: jax.Array, null_scores: jax.Array) -> jax.Array:
 
 @jax.jit
 def _empirical_pvalues(s, n):
-  return pvalues_from_counts(exceedance_counts(s, n), n.shape[0]).astype(s.dtype)
+  p = (1.0 + _exceedance_counts(s, n).astype(jnp.result_type(float))) / (n.shape[0] + 1.0)
+  return p.astype(jnp.promote_types(s.dtype, jnp.float32))
 
 
 def label_permutation_pvalues(own_scores: jax.Array) -> jax.Array:
@@ -75,9 +123,9 @@ def label_permutation_pvalues(own_scores: jax.Array) -> jax.Array:
       against the truth of query `j` (see `tb.cross_own_scores`).
 
   Returns:
-    `[Q]` p-values in `[1/Q, 1]`.
+    `[Q]` p-values in `[1/Q, 1]`, in at least float32.
   """
-  m = validation.as_float_array(own_scores, "own_scores", ndim=2)
+  m = validation.at_least_float32(validation.as_float_array(own_scores, "own_scores", ndim=2))
   if m.shape[0] != m.shape[1]:
     raise ValueError(f"`own_scores` must be square (Q, Q), got {tuple(m.shape)}")
   if m.shape[0] == 0:
@@ -99,27 +147,54 @@ def benjamini_hochberg(pvalues: jax.Array) -> jax.Array:
 
   :math:`\tilde p_{(i)} = \min_{j \ge i} \min(1, n\, p_{(j)} / j)`, returned in
   the input order. A query is called at FDR level α when `\tilde p <= α`.
+
+  A NaN p-value (a query that could not be tested) stays NaN, and the others
+  are adjusted among themselves (`n` counts the non-NaN ones), as R's
+  `p.adjust` does. A p-value outside [0, 1] is a `ValueError`; under `jit` it
+  makes every output NaN. The result is in at least float32.
   """
-  p = validation.as_float_array(pvalues, "pvalues", ndim=1)
-  return _benjamini_hochberg(p)
+  p = validation.at_least_float32(validation.as_float_array(pvalues, "pvalues", ndim=1))
+  validation.check_range(p, "pvalues", 0.0, 1.0, nan_ok=True)
+  q = _benjamini_hochberg(p)
+  if validation.any_traced(p):
+    q = validation.poison(q, jnp.any(validation.out_of_range(p, 0.0, 1.0, nan_ok=True)))
+  return q
 
 
 @jax.jit
 def _benjamini_hochberg(p):
   n = p.shape[0]
-  order = jnp.argsort(p)
-  ranked = p[order] * n / jnp.arange(1, n + 1, dtype=p.dtype)
-  # running minimum from the largest p-value down keeps the adjustment monotone
+  nan = jnp.isnan(p)
+  n_tested = (n - jnp.sum(nan)).astype(p.dtype)
+  order = jnp.argsort(p)  # NaN last
+  ranked = p[order] * n_tested / jnp.arange(1, n + 1, dtype=p.dtype)
+  # running minimum from the largest p-value down keeps the adjustment monotone;
+  # the NaN entries (all after the others) must not enter it
+  ranked = jnp.where(nan[order], jnp.inf, ranked)
   adjusted = jnp.minimum(jax.lax.cummin(ranked, reverse=True), 1.0)
+  adjusted = jnp.where(nan[order], jnp.nan, adjusted)
   return jnp.empty_like(p).at[order].set(adjusted)
 
 
 def fraction_called(pvalues: jax.Array, alpha: float = 0.05, *, adjust: str | None = None
                     ) -> jax.Array:
-  """Fraction of p-values at or below `alpha` (``adjust="bh"``: after Benjamini–Hochberg)."""
+  """Fraction of p-values at or below `alpha` (``adjust="bh"``: after Benjamini–Hochberg).
+
+  `alpha` must lie in [0, 1] and the p-values in [0, 1] (`ValueError`; under
+  `jit` the result is NaN). A NaN p-value (an untested query) is never called
+  but counts in the denominator.
+  """
   p = validation.as_float_array(pvalues, "pvalues")
+  if adjust not in (None, "bh"):
+    raise ValueError(f"unknown `adjust` {adjust!r}; use None or 'bh'")
+  validation.check_scalar_range(alpha, "alpha", 0.0, 1.0)
+  validation.check_range(p, "pvalues", 0.0, 1.0, nan_ok=True)
   if adjust == "bh":
     p = benjamini_hochberg(p.reshape(-1))
-  elif adjust is not None:
-    raise ValueError(f"unknown `adjust` {adjust!r}; use None or 'bh'")
-  return jnp.mean(p <= alpha)
+  frac = jnp.mean(p <= alpha)
+  if validation.any_traced(p, alpha):
+    alpha = jnp.asarray(alpha)
+    invalid = (jnp.any(validation.out_of_range(p, 0.0, 1.0, nan_ok=True))
+               | ~((alpha >= 0) & (alpha <= 1)))
+    frac = validation.poison(frac, invalid)
+  return frac

@@ -6,7 +6,11 @@ candidates reach the top K, which needs the position of every relevant
 candidate, not only the best one.
 
 NaN scores are treated as -inf: a NaN never ranks above a real score, and two
-NaNs tie.
+NaNs tie. Ranks and every metric here come out in at least float32 (scores in
+bfloat16/float16 are upcast exactly before counting). Under `jit`, a query
+without a relevant candidate, or an invalid rank (below 1, above its number
+of non-relevant candidates plus one, or NaN) gives NaN for that query, and so a
+NaN mean; eagerly these are `ValueError`s.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from twinbench_jax._src import validation
 
@@ -27,7 +32,7 @@ ReduceFn = Optional[Callable[[jax.Array], jax.Array]]
 
 
 def _check_scores_relevance(scores, relevance):
-  s = validation.as_float_array(scores, "scores", ndim=2)
+  s = validation.at_least_float32(validation.as_float_array(scores, "scores", ndim=2))
   rel = validation.as_bool_array(relevance, "relevance", ndim=2)
   validation.check_same_shape(s, rel, "scores", "relevance")
   validation.check_every_query_has_relevant(rel)
@@ -37,6 +42,38 @@ def _check_scores_relevance(scores, relevance):
 def _check_ties(ties: str) -> None:
   if ties not in TIES:
     raise ValueError(f"unknown `ties` {ties!r}; choose one of {TIES}")
+
+
+def _check_ranks(ranks: jax.Array, where: Optional[jax.Array], high: object = np.inf):
+  """`([Q] ranks in at least float32, [Q] invalidity or None)`.
+
+  Eagerly a rank below 1, above `high` (scalar or `[Q]`) or NaN among the
+  queries in `where` is a `ValueError`; when anything is traced, the
+  invalidity comes back to poison those queries.
+  """
+  r = validation.at_least_float32(validation.as_float_array(ranks, "ranks", ndim=1))
+  mask = None if where is None else validation.as_bool_array(where, "where", ndim=1)
+  if mask is not None:
+    validation.check_same_shape(r, mask, "ranks", "where")
+  if validation.any_traced(r, mask, high):
+    return r, validation.out_of_range(r, 1.0, jnp.inf) | (r > high)
+  arr, hi = np.asarray(r), np.broadcast_to(np.asarray(high), r.shape)
+  bad = validation.out_of_range(arr, 1.0, np.inf, xp=np) | (arr > hi)
+  if mask is not None:
+    bad &= np.asarray(mask)
+  if bad.any():
+    q = int(np.flatnonzero(bad)[0])
+    limit = ("finite" if np.ndim(high) == 0 else
+             f"at most 1 + its number of non-relevant candidates ({hi[q]:g})")
+    raise ValueError(f"`ranks` must be at least 1 (1 = best) and {limit}; found {arr[q]!r} at "
+                     f"query {q} ({int(bad.sum())} bad value(s)).")
+  return r, None
+
+
+def _check_k(k) -> None:
+  """Eagerly, `k` below 1 (or NaN) is a `ValueError`; a traced `k` is checked by poisoning."""
+  if validation.is_concrete(k) and not (np.ndim(k) == 0 and float(k) >= 1):
+    raise ValueError(f"`k` must be >= 1, got {k!r}")
 
 
 def truth_ranks(scores: jax.Array, relevance: jax.Array, *, ties: str = "average") -> jax.Array:
@@ -59,7 +96,8 @@ def truth_ranks(scores: jax.Array, relevance: jax.Array, *, ties: str = "average
     ties: ``"average"``, ``"optimistic"`` or ``"pessimistic"``.
 
   Returns:
-    `[Q]` float ranks in `[1, 1 + #non-relevant]`.
+    `[Q]` float ranks in `[1, 1 + #non-relevant]`, in at least float32 (the
+    ranks of bfloat16 scores are those of the same values in float32).
   """
   s, rel = _check_scores_relevance(scores, relevance)
   _check_ties(ties)
@@ -108,32 +146,52 @@ def _reduce(values: jax.Array, where: Optional[jax.Array], reduce_fn: ReduceFn) 
   return reduce_fn(values[where])
 
 
+def _poisoned(values: jax.Array, invalid: Optional[jax.Array]) -> jax.Array:
+  return values if invalid is None else validation.poison(values, invalid)
+
+
 def hit_at_k(ranks: jax.Array, k: float, *, where: Optional[jax.Array] = None,
              reduce_fn: ReduceFn = jnp.mean) -> jax.Array:
-  """`1[r_q <= k]` per query, reduced by `reduce_fn` (mean; `None` keeps `[Q]`). SPEC §2."""
-  ranks = validation.as_float_array(ranks, "ranks", ndim=1)
-  return _reduce((ranks <= k).astype(ranks.dtype), where, reduce_fn)
+  """`1[r_q <= k]` per query, reduced by `reduce_fn` (mean; `None` keeps `[Q]`). SPEC §2.
+
+  Ranks must be at least 1 and not NaN, and `k >= 1` (`ValueError`); under
+  `jit` an invalid rank gives NaN for its query (and the mean).
+  """
+  _check_k(k)
+  ranks, invalid = _check_ranks(ranks, where)
+  if validation.any_traced(k):
+    invalid = (jnp.asarray(k) < 1) if invalid is None else invalid | (jnp.asarray(k) < 1)
+  return _reduce(_poisoned((ranks <= k).astype(ranks.dtype), invalid), where, reduce_fn)
 
 
 def reciprocal_rank(ranks: jax.Array, *, where: Optional[jax.Array] = None,
                     reduce_fn: ReduceFn = jnp.mean) -> jax.Array:
-  """`1 / r_q` per query; its mean is the MRR. SPEC §2."""
-  ranks = validation.as_float_array(ranks, "ranks", ndim=1)
-  return _reduce(1.0 / ranks, where, reduce_fn)
+  """`1 / r_q` per query; its mean is the MRR. SPEC §2.
+
+  Ranks must be at least 1 and not NaN (`ValueError`; NaN for that query under `jit`).
+  """
+  ranks, invalid = _check_ranks(ranks, where)
+  return _reduce(_poisoned(1.0 / ranks, invalid), where, reduce_fn)
 
 
 def normalized_rank(ranks: jax.Array, relevance: jax.Array, *,
                     where: Optional[jax.Array] = None,
                     reduce_fn: ReduceFn = jnp.mean) -> jax.Array:
-  """`(r_q - 1) / #non-relevant_q` in [0, 1], 0 = best (0 when nothing is non-relevant)."""
-  ranks = validation.as_float_array(ranks, "ranks", ndim=1)
+  """`(r_q - 1) / #non-relevant_q` in [0, 1], 0 = best (0 when nothing is non-relevant).
+
+  Ranks must lie in `[1, 1 + #non-relevant_q]` (`ValueError`; NaN for that
+  query under `jit`).
+  """
   rel = validation.as_bool_array(relevance, "relevance", ndim=2)
-  if rel.shape[0] != ranks.shape[0]:
-    raise ValueError(f"`ranks` {tuple(ranks.shape)} and `relevance` {tuple(rel.shape)} "
+  n_ranks = jnp.shape(ranks)[0] if jnp.ndim(ranks) == 1 else None
+  if n_ranks is not None and rel.shape[0] != n_ranks:
+    raise ValueError(f"`ranks` {tuple(jnp.shape(ranks))} and `relevance` {tuple(rel.shape)} "
                      "disagree on the number of queries")
-  n_other = jnp.sum(~rel, axis=1).astype(ranks.dtype)
-  return _reduce(jnp.where(n_other > 0, (ranks - 1.0) / jnp.maximum(n_other, 1), 0.0),
-                 where, reduce_fn)
+  n_other_int = jnp.sum(~rel, axis=1)
+  ranks, invalid = _check_ranks(ranks, where, high=1 + n_other_int)
+  n_other = n_other_int.astype(ranks.dtype)
+  values = jnp.where(n_other > 0, (ranks - 1.0) / jnp.maximum(n_other, 1), 0.0)
+  return _reduce(_poisoned(values, invalid), where, reduce_fn)
 
 
 def relevant_in_top_k(scores: jax.Array, relevance: jax.Array, k: int, *,
@@ -148,10 +206,17 @@ def relevant_in_top_k(scores: jax.Array, relevance: jax.Array, k: int, *,
   `max(0, t - (m - r))` with ``"pessimistic"`` (relevant ones last). Without
   ties this is the number of relevant candidates among the K best, and it
   never exceeds `min(K, R_q)`.
+
+  Under `jit` a query without a relevant candidate (eagerly a `ValueError`)
+  gets NaN, and so does every query when a traced `k` is below 1.
   """
   s, rel = _check_scores_relevance(scores, relevance)
   _check_ties(ties)
-  return _relevant_in_top_k(s, rel, k=k, ties=ties)
+  _check_k(k)
+  hits = _relevant_in_top_k(s, rel, k=k, ties=ties)
+  if validation.any_traced(rel, k):
+    hits = validation.poison(hits, ~jnp.any(rel, axis=1) | (jnp.asarray(k) < 1))
+  return hits
 
 
 @functools.partial(jax.jit, static_argnames=("ties",))
@@ -198,8 +263,6 @@ def precision_at_k(scores: jax.Array, relevance: jax.Array, k: int, *,
                    ties: str = "average", where: Optional[jax.Array] = None,
                    reduce_fn: ReduceFn = jnp.mean) -> jax.Array:
   """`|top-K ∩ rel_q| / K`, SPEC §2."""
-  if k < 1:
-    raise ValueError(f"`k` must be >= 1, got {k}")
   hits = relevant_in_top_k(scores, relevance, k, ties=ties)
   return _reduce(hits / k, where, reduce_fn)
 
@@ -207,8 +270,6 @@ def precision_at_k(scores: jax.Array, relevance: jax.Array, k: int, *,
 def f1_at_k(scores: jax.Array, relevance: jax.Array, k: int, *, ties: str = "average",
             where: Optional[jax.Array] = None, reduce_fn: ReduceFn = jnp.mean) -> jax.Array:
   """Harmonic mean of precision@K and recall@K per query, `2 h / (K + R_q)`. SPEC §2."""
-  if k < 1:
-    raise ValueError(f"`k` must be >= 1, got {k}")
   hits = relevant_in_top_k(scores, relevance, k, ties=ties)
   n_rel = jnp.sum(jnp.asarray(relevance), axis=1)
   return _reduce(2.0 * hits / (k + n_rel), where, reduce_fn)
@@ -239,9 +300,20 @@ def gini(counts: jax.Array) -> jax.Array:
 
   .. math:: G = \frac{\sum_i \sum_j |x_i - x_j|}{2 n \sum_i x_i}
 
-  computed from the sorted values in O(n log n). All-zero counts give 0.
+  computed from the sorted values in O(n log n), in at least float32. All-zero
+  counts give 0. A negative or non-finite count is a `ValueError`; under
+  `jit` it makes the result NaN.
   """
-  x = jnp.sort(validation.as_float_array(counts, "counts", ndim=1))
+  c = validation.at_least_float32(validation.as_float_array(counts, "counts", ndim=1))
+  validation.check_range(c, "counts", 0.0, np.inf)
+  g = _gini(c)
+  if validation.any_traced(c):
+    g = validation.poison(g, jnp.any(validation.out_of_range(c, 0.0, jnp.inf)))
+  return g
+
+
+def _gini(c: jax.Array) -> jax.Array:
+  x = jnp.sort(c)
   n = x.shape[0]
   total = jnp.sum(x)
   i = jnp.arange(1, n + 1, dtype=x.dtype)

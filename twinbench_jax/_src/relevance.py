@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -20,7 +21,15 @@ def relevance_from_labels(query_labels: Sequence, candidate_labels: Sequence) ->
 
   Raises:
     ValueError: naming the query labels that no candidate carries.
+    TypeError: for traced labels (inside `jit`): labels are host data (often
+      strings) and the every-query-has-a-match check needs their values, so
+      build the relevance outside `jit` and pass it in.
   """
+  for name, labels in (("query_labels", query_labels), ("candidate_labels", candidate_labels)):
+    if isinstance(labels, jax.core.Tracer):
+      raise TypeError(
+          f"`{name}` is traced (inside `jit`/`vmap`); `relevance_from_labels` needs concrete "
+          "labels: build the relevance outside the transformed function and pass it in.")
   q = np.asarray(query_labels)
   c = np.asarray(candidate_labels)
   if q.ndim != 1 or c.ndim != 1:

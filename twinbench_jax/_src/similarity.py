@@ -90,12 +90,15 @@ def similarity(
       indices padded with -1 (the cheap form inside `jit`: static `T`).
       A concrete mask is turned into indices (with `T` the largest number of
       excluded genes of a query); a traced mask uses the matmul corrections.
-      Repeated indices count once; traced indices outside `[0, G)` are
-      ignored (concrete ones are an error). A concrete `exclude` that
+      Repeated indices count once; an index outside `[-1, G)` is an error
+      (under `jit`, that query's row of scores is NaN). A concrete `exclude` that
       excludes nothing gives exactly the result of `exclude=None`.
 
   Returns:
-    `[Q, C]` similarities, larger = closer.
+    `[Q, C]` similarities, larger = closer, in the precision of the inputs
+    (bfloat16 inputs give bfloat16 scores; the ranking and p-value functions
+    count them in float32). At least one gene is needed (`G = 0` would make
+    every candidate tie): a `ValueError` otherwise.
 
   Example:
     >>> import twinbench_jax as tb, jax.numpy as jnp
@@ -113,6 +116,10 @@ def similarity(
     raise ValueError(
         f"`predictions` and `references` must have the same number of features (genes), got "
         f"predictions {tuple(x.shape)} and references {tuple(y.shape)}")
+  if x.shape[1] == 0:
+    raise ValueError(
+        f"`predictions` and `references` have no features (genes): shapes {tuple(x.shape)} and "
+        f"{tuple(y.shape)}; with G = 0 every candidate would tie, so nothing can be ranked")
   if metric not in METRICS:
     raise ValueError(f"unknown `metric` {metric!r}; choose one of {METRICS}")
   dtype = jnp.result_type(x.dtype, y.dtype)
@@ -122,7 +129,11 @@ def similarity(
   idx, mask = check_exclude(exclude, x.shape[0], x.shape[1])
   if idx is None and mask is None:  # a concrete exclusion that leaves every gene in
     return _similarity(x, y, metric=metric)
-  return _similarity_excluded(x, y, idx, mask, metric=metric)
+  s = _similarity_excluded(x, y, idx, mask, metric=metric)
+  if idx is not None and not validation.is_concrete(idx):
+    # the traced counterpart of the range check in `check_exclude`
+    s = validation.poison(s, jnp.any((idx < -1) | (idx >= x.shape[1]), axis=1)[:, None])
+  return s
 
 
 @functools.partial(jax.jit, static_argnames=("metric", "exact"))

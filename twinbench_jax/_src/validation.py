@@ -1,9 +1,31 @@
-"""Argument checks shared by the array core.
+"""Argument checks shared by the array core, and what happens under `jit`.
 
-Checks run in Python at trace time (shapes, dtypes) and, where the array is
-concrete, on values (a query without any relevant candidate, NaN inputs). Under
-`jax.jit` the value checks are skipped because values are not known; the
-functions then document what they return instead of raising.
+Checks run in Python at trace time on shapes, dtypes and static options
+(always, `jit` or not) and, where an array is concrete, on values: a query
+without a relevant candidate, a p-value outside its range, a rank below 1,
+non-finite predictions. An eager call refuses a bad value with a `ValueError`
+naming the argument, the first bad index and the count.
+
+Under a transformation (`jax.jit`, `vmap`, `grad`) values are unknown when the
+Python checks run, so every value check has a traced counterpart: the public
+function computes the same condition on the traced values and *poisons* its
+result with NaN (`poison`), per query where the invalidity is per query (a
+query without a relevant candidate, an invalid rank), the whole result
+otherwise (any p-value out of range for AUC-F1 or Benjamini-Hochberg, a
+non-finite reference). A poisoned result is never a plausible number. Only
+traced arguments pay for the counterpart: an eager call has already checked
+its values, and the private kernels that drivers call are unchanged.
+
+Integer results cannot hold NaN. `tb.exceedance_counts` is the one integer
+output of the array core; it has no invalid values to poison (a NaN on either
+side has a defined, conservative meaning), so it stays int32.
+`tb.top1_counts` is float and has nothing to poison either.
+
+Precision: ranks, counts, p-values, AUC-F1 and areas are computed and
+returned in at least float32 (`at_least_float32`): a bfloat16 or float16
+input is upcast exactly before any counting, so its ranks are those of
+the same values in float32. float64 inputs (with `jax_enable_x64`) stay float64.
+Similarities (and own scores) stay in the input precision.
 """
 
 from __future__ import annotations
@@ -99,15 +121,61 @@ def check_no_nan(x: jax.Array, name: str) -> None:
 
 def check_pvalues(p: jax.Array, name: str = "pvalues") -> None:
   """Raises when concrete p-values fall outside (0, 1] or are NaN."""
-  if not is_concrete(p):
+  check_range(p, name, 0.0, 1.0, low_open=True)
+
+
+def out_of_range(x: Any, low: float, high: float, *, low_open: bool = False,
+                 nan_ok: bool = False, xp: Any = jnp) -> Any:
+  """Elementwise True where `x` is not a finite value in `[low, high]` (`(low, high]`
+  with `low_open`); NaN is in range with `nan_ok`. `xp`: `jnp` (traced) or `np` (eager),
+  so the eager check and its traced counterpart test the same condition."""
+  ok = ((x > low) if low_open else (x >= low)) & (x <= high) & xp.isfinite(x)
+  if nan_ok:
+    ok = ok | xp.isnan(x)
+  return ~ok
+
+
+def check_range(x: Any, name: str, low: float, high: float, *, low_open: bool = False,
+                nan_ok: bool = False, where: Any = None) -> None:
+  """Raises a `ValueError` naming `name` when concrete `x` (where `where`) is out of range.
+
+  The eager half of `out_of_range`; nothing is checked while `x` or `where` is traced.
+  """
+  if not is_concrete(x) or (where is not None and not is_concrete(where)):
     return
-  arr = np.asarray(p)
-  bad = ~((arr > 0) & (arr <= 1))
+  arr = np.asarray(x)
+  bad = out_of_range(arr, low, high, low_open=low_open, nan_ok=nan_ok, xp=np)
+  if where is not None:
+    bad = bad & np.broadcast_to(np.asarray(where), bad.shape)
   if bad.any():
     idx = tuple(int(i) for i in np.argwhere(bad)[0])
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high == np.inf else ']'}"
     raise ValueError(
-        f"`{name}` must lie in (0, 1]; found {arr[idx]!r} at index {idx} "
-        f"({int(bad.sum())} bad value(s)).")
+        f"`{name}` must lie in {interval}{' (NaN allowed)' if nan_ok else ''}; found "
+        f"{arr[idx]!r} at index {idx} ({int(bad.sum())} bad value(s)).")
+
+
+def check_scalar_range(value: Any, name: str, low: float, high: float) -> None:
+  """Raises when a concrete scalar option (`alpha`, `k`) is NaN or outside `[low, high]`."""
+  if not is_concrete(value):
+    return
+  v = np.asarray(value)
+  if v.ndim != 0 or not (low <= float(v) <= high):
+    raise ValueError(f"`{name}` must be a number in [{low:g}, {high:g}], got {value!r}")
+
+
+def any_traced(*xs: Any) -> bool:
+  """True when any of `xs` is a tracer: the value checks did not run on it."""
+  return any(not is_concrete(x) for x in xs if x is not None)
+
+
+def at_least_float32(x: jax.Array) -> jax.Array:
+  """`x` in float32 if it is a narrower float (bfloat16, float16), else unchanged.
+
+  The upcast is exact, so ranks and counts of the upcast values are those of
+  the inputs, without the rounding of a bfloat16 sum (8 significant bits).
+  """
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def nan_to_neg_inf(x: jax.Array) -> jax.Array:
