@@ -5,77 +5,26 @@ temperature; as every temperature goes to 0 each step converges to the hard
 one, and `soft_auc_f1` to `tb.auc_f1(...).auc`:
 
 - rank: `r̃_q = 1 + Σ_{c∉rel} σ((s_qc - s_qc*) / τ_rank)` → `truth_ranks`;
-  τ_rank in units of the score spread;
 - hit: `σ((k + 1/2 - r̃_q) / τ_hit)` → `r_q <= k`; τ_hit in ranks;
 - p-value: `p̃_q = (1 + Σ_b σ((m^b - m)/τ + log(1/τ_p))) / (B+1)` →
-  `empirical_pvalues`; τ_p in units of the own-score spread;
+  `empirical_pvalues` (the shift makes a tie count as an exceedance, `>=`);
 - call: `σ((α - p̃_q + h/2) / (τ_α h))` with `h = 1/(B+1)` → `p_q <= α`;
-  τ_α in p-value steps `h`.
+  τ_α in p-value steps `h`;
+- area: the exact step integral over the soft p-values sorted by a hard
+  argsort, with the soft F1 at each breakpoint.
 
-**Scale-aware temperatures.** With ``relative=True`` (the default) a
-temperature is a fraction of a typical gap, so the same number means the same
-sharpness for any similarity metric or data set and the score is invariant
-under a positive affine rescaling `a·s + b` of the scores:
-
-- τ_rank is multiplied by the *score spread*: the mean absolute deviation of
-  each query's scores over its candidates, averaged over queries;
-- τ_p is multiplied by the *own-score spread*: the mean absolute deviation of
-  all own scores, observed and null, pooled;
-- τ_hit is in rank units (rank 1 vs rank 2 are 1 apart);
-- τ_α is in units of the p-value resolution `h = 1/(B+1)`.
-
-The spreads go through `jax.lax.stop_gradient`: at each step the temperature is
-a constant, as in any annealing schedule (so `jax.test_util.check_grads`, which
-also differentiates the spread numerically, needs ``relative=False``). A spread
-of exactly 0 (all values equal) is replaced by 1. With ``relative=False`` τ_rank
-and τ_p are in the units of the scores.
-
-**Shifts that make the limits exact.** The hard p-value counts a tied null
-replicate as an exceedance (`>=`) where a plain sigmoid counts 1/2; the soft
-exceedance adds `log(1/τ_p)` to the sigmoid's argument (a shift of
-`τ_p log(1/τ_p)` in spread units, which vanishes as τ_p → 0), so a tie counts
-`1/(1 + τ_p)` → 1. This matters: a model that ignores its input ties every
-replicate and must score ≈ 0. Likewise a query's own p-value lies exactly on its
-breakpoint α in the sorted-step area, where the hard call counts it (`p <= α`):
-the soft call is shifted by half a p-value step `h/2`, which still separates
-every pair of distinct p-values on the `1/(B+1)` grid. The hit step keeps
-SPEC's `k + 1/2`: a truth tied exactly with one non-relevant candidate at rank
-`k + 1/2` counts 1/2 (its expected hit under random tie-breaking) where the hard
-hit counts 0; on tie-free scores the limit is exact.
-
-**Area.** `AUC = Σ_j F̃1(a_j) (a_{j+1} - a_j)` over the soft p-values sorted by a
-hard argsort (the breakpoints, `a_{Q+1} = 1`), with the soft F1 at each: the
-exact step integral of `tb.auc_f1` with smooth counts, which reaches the hard
-value as τ → 0 (a fixed α grid cannot: it misses the steps' exact positions;
-``alpha_grid=n`` is offered for comparison). Gradients flow into both the F1
-values and the breakpoints; the area is continuous where two breakpoints swap.
-
-**Cost.** The truth's soft rank needs one `[Q, C]` pass (no soft sort), the
-soft p-values one `[B, Q]` pass, the area one `[Q, Q]` pass processed in blocks
-of `alpha_chunk` breakpoints (rematerialised under `grad`): memory
-`O(Q·C + B·Q + alpha_chunk·Q)`.
-
-**Why pairwise sigmoids and not a permutahedron projection.** A
-permutahedron-projection soft rank (Blondel et al., 2020: a sort and a
-pool-adjacent-violators isotonic regression per query) was measured against
-the pairwise sigmoid in ``benchmarks/bench_soft.py`` (Q = C = 1000, CPU): the
-pairwise value-and-grad of all truth ranks takes about 2.5 ms, the projection
-(PAV written in JAX, sequential in C) 1.5–2.4 s. At τ = 0.001 both are close
-to the hard ranks (mean error 0.08 pairwise, 0.04 projection), but the
-projection's gradient reaches on average 0.4 candidates per query (it is
-piecewise linear: a truth alone in its pooled block has an integer rank and a
-zero gradient), the pairwise one 9 candidates, weighted by their closeness to
-the truth. The metric needs only the truth's rank, not a full soft sort, so the
-pairwise sigmoid is kept.
-
-**Choosing τ.** 0.1 (the default) is a training temperature: smooth, with
-gradients from many candidates, but biased (with 500 candidates the soft rank
-of a truth ranked first can exceed 1.5). The gradients thin out as τ falls
-and vanish below about 1e-3; on `tb.make_toy_task`, annealing from 0.1 to 0.02
-trained worse than a fixed 0.1. A query whose truth ranks far below k gets
-little signal from the hit step (`σ((k + 1/2 - r̃)/τ_hit)` saturates); a
-larger τ_hit reaches further. For a number to report, use the hard metric
-(`tb.auc_f1`, or `tb.hard_auc_f1_validation` while training).
+**Local temperatures** (``relative=True``, the default): τ_rank of query `q`
+is a fraction of the *local gap* around its truth, the mean distance from the
+truth's score to its `LOCAL_NEIGHBOURS` nearest non-relevant scores; τ_p of
+query `q` a fraction of the mean distance from `m_q` to its nearest null
+scores. At the default 0.1 a truth ranked first gets a soft rank close to 1
+however crowded the scores, and the soft AUC-F1 stays within about 0.01 of
+the hard one (measured in ``docs/soft_relaxation.md``). The gaps are under
+`jax.lax.stop_gradient` (a constant temperature per step) and a zero gap
+falls back to the global spread, then to 1. ``relative="global"`` gives the
+former units (the score spread over all candidates), ``relative=False``
+score units. Cost: `O(Q·C + B·Q)` memory; the area is evaluated in blocks of
+`alpha_chunk` breakpoints.
 """
 
 from __future__ import annotations
@@ -90,6 +39,9 @@ import numpy as np
 from twinbench_jax._src import validation
 
 DEFAULT_TEMPERATURE = 0.1
+# Neighbours whose mean distance to the truth's score (to a query's observed own
+# score) sets the local unit of τ_rank (of τ_p); see docs/soft_relaxation.md.
+LOCAL_NEIGHBOURS = 4
 # Breakpoints whose soft F1 is computed at once in the sorted-step area.
 DEFAULT_ALPHA_CHUNK = 1024
 
@@ -98,9 +50,11 @@ class SoftTemperatures(NamedTuple):
   """One temperature per smooth step (SPEC §5); see the module docstring for units.
 
   Attributes:
-    rank: soft rank of the truth; a fraction of the score spread (``relative=True``).
+    rank: soft rank of the truth; a fraction of the local gap around each
+      truth (``relative=True``).
     hit: soft hit at k; in rank units.
-    p: soft empirical p-value; a fraction of the own-score spread (``relative=True``).
+    p: soft empirical p-value; a fraction of the local gap between each
+      observed own score and its nearest null scores (``relative=True``).
     alpha: soft call at α; in units of the p-value resolution `1/(B+1)`.
   """
 
@@ -178,6 +132,38 @@ def _score_spread(s):
   return _nonzero_or_one(jnp.mean(_mean_abs_dev(s, axis=1)))
 
 
+def _check_relative(relative):
+  if not (isinstance(relative, bool) or relative in ("local", "global")):
+    raise ValueError(f"`relative` must be True, False, 'local' or 'global', got {relative!r}")
+
+
+def _mode(relative):
+  """'local' (True), 'global' or None (False): what a relative temperature is a fraction of."""
+  return "local" if relative is True else (relative or None)
+
+
+def _local_gap(d, valid, n):
+  """`[R]`: mean of the `n` smallest `|d|` over the valid entries of each row of `d` `[R, N]`."""
+  a = jnp.where(valid, jnp.abs(d), jnp.inf)
+  near = -jax.lax.top_k(-a, min(n, a.shape[1]))[0]
+  finite = jnp.isfinite(near)
+  total = jnp.sum(jnp.where(finite, near, 0.0), axis=1)
+  return jax.lax.stop_gradient(total / jnp.maximum(jnp.sum(finite, axis=1), 1))
+
+
+def _rank_unit(s, rel, relative):
+  """Unit of τ_rank: `[Q, 1]` local gaps around each truth, or a scalar."""
+  mode = _mode(relative)
+  if mode is None:
+    return jnp.ones((), s.dtype)
+  spread = _score_spread(s)
+  if mode == "global":
+    return spread
+  best = jnp.max(jnp.where(rel, s, -jnp.inf), axis=1, keepdims=True)
+  gap = _local_gap(s - best, ~rel, LOCAL_NEIGHBOURS)
+  return jnp.where(gap > 0, gap, spread)[:, None]
+
+
 def own_score_spread(own_scores: jax.Array, null_own_scores: jax.Array) -> jax.Array:
   """The unit of a relative τ_p: mean absolute deviation of all own scores, observed and null.
 
@@ -195,38 +181,65 @@ def _own_score_spread(m, mb):
   return _nonzero_or_one(_mean_abs_dev(pooled))
 
 
+def _p_unit(m, mb, relative):
+  """Unit of τ_p: local gaps between each observed score and its nearest nulls, or a scalar."""
+  mode = _mode(relative)
+  if mode is None:
+    return jnp.ones((), m.dtype)
+  spread = _own_score_spread(m, mb)
+  if mode == "global":
+    return spread
+  d = (mb - m[None]).reshape(mb.shape[0], -1).T  # [N, B]
+  gap = _local_gap(d, jnp.ones(d.shape, bool), LOCAL_NEIGHBOURS).reshape(m.shape)
+  return jnp.where(gap > 0, gap, spread)
+
+
 def soft_truth_ranks(scores: jax.Array, relevance: jax.Array, *,
-                     temperature: Any = DEFAULT_TEMPERATURE, relative: bool = True) -> jax.Array:
+                     temperature: Any = DEFAULT_TEMPERATURE,
+                     relative: Union[bool, str] = True) -> jax.Array:
   r"""Soft rank of the truth for every query (SPEC §5), the smooth `tb.truth_ranks`.
 
   .. math::
      \tilde r_q = 1 + \sum_{c \notin \mathrm{rel}_q}
                       \sigma\!\left(\frac{s_{qc} - s_{qc^*}}{\tau}\right),
-     \qquad \tau = \tau_{rank} \cdot \mathrm{spread}(s)
+     \qquad \tau_q = \tau_{rank} \cdot g_q
 
-  with :math:`c^*` the best-scored relevant candidate. An exact tie counts 1/2,
-  as in ``ties="average"``; as τ → 0 this is `tb.truth_ranks(scores, relevance)`.
-  O(Q·C): only the truth's rank is needed, not a soft sort of every candidate.
+  with :math:`c^*` the best-scored relevant candidate and :math:`g_q` the local
+  gap: the mean of :math:`|s_{qc} - s_{qc^*}|` over the `LOCAL_NEIGHBOURS`
+  non-relevant candidates nearest the truth (under `stop_gradient`). An exact
+  tie counts 1/2, as in ``ties="average"``; as τ → 0 this is
+  `tb.truth_ranks(scores, relevance)`. O(Q·C): only the truth's rank is
+  needed, not a soft sort of every candidate.
 
   Args:
     scores: `[Q, C]` similarities, larger = closer (finite).
     relevance: `[Q, C]` boolean; every query needs a relevant candidate.
     temperature: τ_rank, a positive scalar.
-    relative: τ_rank is a fraction of `score_spread(scores)` (default), or in
-      score units when False.
+    relative: True or ``"local"`` (default): τ_rank is a fraction of each
+      query's local gap; ``"global"``: of `score_spread(scores)`; False: in
+      score units.
 
   Returns:
-    `[Q]` soft ranks in `[1, 1 + #non-relevant]`.
+    `[Q]` soft ranks in `[1, 1 + #non-relevant]`. Under `jit`, NaN for a query
+    without a relevant candidate or with a non-finite score.
   """
   s, rel = _check_scores_relevance(scores, relevance)
+  validation.check_no_nan(s, "scores")
   tau = _check_positive(temperature, "temperature")
-  return _soft_truth_ranks(s, rel, tau, relative=relative)
+  _check_relative(relative)
+  out = _soft_truth_ranks(s, rel, tau, relative=relative)
+  if _traced(s, rel):
+    out = validation.poison(out, ~jnp.any(rel, axis=1) | ~jnp.all(jnp.isfinite(s), axis=1))
+  return out
 
 
 @functools.partial(jax.jit, static_argnames=("relative",))
 def _soft_truth_ranks(s, rel, tau, *, relative):
-  if relative:
-    tau = tau * _score_spread(s)
+  return _soft_truth_ranks_in(s, rel, tau * _rank_unit(s, rel, relative))
+
+
+def _soft_truth_ranks_in(s, rel, tau):
+  """Soft ranks at a temperature `tau` in score units (scalar or `[Q, 1]`)."""
   best = jnp.max(jnp.where(rel, s, -jnp.inf), axis=1, keepdims=True)
   z = jnp.where(rel, 0.0, (s - best) / tau)  # relevant entries masked before the sigmoid
   return 1.0 + jnp.sum(jnp.where(rel, 0.0, jax.nn.sigmoid(z)), axis=1)
@@ -256,15 +269,17 @@ def _soft_hit(r, k, tau):
 
 def soft_empirical_pvalues(scores: jax.Array, null_scores: jax.Array, *,
                            temperature: Any = DEFAULT_TEMPERATURE,
-                           relative: bool = True) -> jax.Array:
+                           relative: Union[bool, str] = True) -> jax.Array:
   r"""Soft empirical p-values (SPEC §5), the smooth `tb.empirical_pvalues`.
 
   .. math::
      \tilde p = \frac{1 + \sum_b \sigma\!\left(\frac{m^b - m}{\tau}
                                    + \log\frac{1}{\tau_p}\right)}{B + 1},
-     \qquad \tau = \tau_p \cdot \mathrm{spread}(m, m^b)
+     \qquad \tau = \tau_p \cdot g
 
-  The `log(1/τ_p)` shift (0 when τ_p ≥ 1) makes an exact tie count
+  with :math:`g` the local gap: the mean distance from `m` to its
+  `LOCAL_NEIGHBOURS` nearest null scores (under `stop_gradient`). The
+  `log(1/τ_p)` shift (0 when τ_p ≥ 1) makes an exact tie count
   `1/(1 + τ_p)`, so the limit τ_p → 0 counts ties as exceedances like the hard
   `>=`; a replicate `d` below the observed score stops counting once
   `|d| > τ log(1/τ_p)`.
@@ -273,20 +288,32 @@ def soft_empirical_pvalues(scores: jax.Array, null_scores: jax.Array, *,
     scores: observed scores `m` of any shape `S` (own scores `[Q]`).
     null_scores: `[B, *S]` null scores, `B >= 1`.
     temperature: τ_p, a positive scalar.
-    relative: τ_p is a fraction of `own_score_spread(scores, null_scores)`
-      (default), or in score units when False.
+    relative: True or ``"local"`` (default): τ_p is a fraction of each
+      observed score's local gap; ``"global"``: of
+      `own_score_spread(scores, null_scores)`; False: in score units.
 
   Returns:
-    Soft p-values of shape `S` in `(1/(B+1), 1)`.
+    Soft p-values of shape `S` in `(1/(B+1), 1)`. Under `jit`, NaN where the
+    observed score or one of its null scores is not finite.
   """
   m, mb = _check_scores_null(scores, null_scores, "scores", "null_scores")
+  validation.check_no_nan(m, "scores")
+  validation.check_no_nan(mb, "null_scores")
   tau = _check_positive(temperature, "temperature")
-  return _soft_pvalues(m, mb, tau, relative=relative)
+  _check_relative(relative)
+  out = _soft_pvalues(m, mb, tau, relative=relative)
+  if _traced(m, mb):
+    out = validation.poison(out, ~jnp.isfinite(m) | ~jnp.all(jnp.isfinite(mb), axis=0))
+  return out
 
 
 @functools.partial(jax.jit, static_argnames=("relative",))
 def _soft_pvalues(m, mb, tau_p, *, relative):
-  tau = tau_p * _own_score_spread(m, mb) if relative else tau_p
+  return _soft_pvalues_in(m, mb, tau_p, tau_p * _p_unit(m, mb, relative))
+
+
+def _soft_pvalues_in(m, mb, tau_p, tau):
+  """Soft p-values at a temperature `tau` in score units; the tie shift from τ_p."""
   shift = jnp.maximum(jnp.log(1.0 / tau_p), 0.0)
   exceed = jax.nn.sigmoid((mb - m[None]) / tau + shift)
   return (1.0 + jnp.sum(exceed, axis=0)) / (mb.shape[0] + 1.0)
@@ -340,16 +367,22 @@ def soft_f1_curve(alphas: jax.Array, pvalues: jax.Array, hits: jax.Array, *, n_n
     alpha_chunk: levels processed at a time (memory `alpha_chunk · Q`).
 
   Returns:
-    `[A]` soft F1 values.
+    `[A]` soft F1 values; under `jit`, all NaN when an input holds a
+    non-finite value.
   """
   a = validation.as_float_array(alphas, "alphas", ndim=1)
   p = validation.as_float_array(pvalues, "pvalues", ndim=1)
   h = validation.as_float_array(hits, "hits", ndim=1)
   validation.check_same_shape(p, h, "pvalues", "hits")
+  for x, name in ((a, "alphas"), (p, "pvalues"), (h, "hits")):
+    validation.check_no_nan(x, name)
   _check_n_null(n_null)
   _check_chunk(alpha_chunk)
   tau = _check_positive(temperature, "temperature")
-  return _soft_f1_curve(a, p, h, 1.0 / (n_null + 1.0), tau, alpha_chunk)
+  out = _soft_f1_curve(a, p, h, 1.0 / (n_null + 1.0), tau, alpha_chunk)
+  if _traced(a, p, h):
+    out = validation.poison(out, ~(_all_finite(a) & _all_finite(p) & _all_finite(h)))
+  return out
 
 
 def _soft_f1_curve(alphas, p, hits, h, tau, chunk):
@@ -373,8 +406,8 @@ def _soft_f1_curve(alphas, p, hits, h, tau, chunk):
 
 def soft_auc_f1(scores: jax.Array, relevance: jax.Array, own_scores: jax.Array,
                 null_own_scores: jax.Array, *, k: float = 1,
-                temperature: Temperature = DEFAULT_TEMPERATURE, relative: bool = True,
-                alpha_grid: Optional[int] = None,
+                temperature: Temperature = DEFAULT_TEMPERATURE,
+                relative: Union[bool, str] = True, alpha_grid: Optional[int] = None,
                 alpha_chunk: int = DEFAULT_ALPHA_CHUNK) -> jax.Array:
   r"""Differentiable query-level AUC-F1 (SPEC §5, §8).
 
@@ -390,7 +423,8 @@ def soft_auc_f1(scores: jax.Array, relevance: jax.Array, own_scores: jax.Array,
   the temperature units and the limits at exact ties. Gradients flow into
   `scores`, `own_scores` and `null_own_scores` (the model's predictions on real
   and on randomised inputs); they are finite everywhere and vanish as the
-  temperatures go to 0, so train at about 0.1 (see "Choosing τ" above).
+  temperatures go to 0. At the default temperatures the value tracks the hard
+  metric (``docs/soft_relaxation.md``).
 
   Args:
     scores: `[Q, C]` similarities of the predictions to the candidates.
@@ -401,8 +435,9 @@ def soft_auc_f1(scores: jax.Array, relevance: jax.Array, own_scores: jax.Array,
     k: a query is correct when its truth ranks within the top `k`.
     temperature: a positive scalar for every step, or per step as a
       `SoftTemperatures`, a `(rank, hit, p, alpha)` tuple or a dict.
-    relative: τ_rank and τ_p are fractions of the score spreads (default; the
-      spreads are under `stop_gradient`), or in score units when False.
+    relative: True or ``"local"`` (default): τ_rank and τ_p are fractions of
+      each query's local gaps (under `stop_gradient`); ``"global"``: of the
+      score spreads over all candidates and replicates; False: score units.
     alpha_grid: `None` (default) for the sorted-step area; an integer `n` for
       the midpoint rule on the fixed grid `α_i = (i + 1/2)/n` instead (does not
       converge to the exact area; for comparison).
@@ -410,7 +445,8 @@ def soft_auc_f1(scores: jax.Array, relevance: jax.Array, own_scores: jax.Array,
       `alpha_chunk · Q`).
 
   Returns:
-    A scalar in `[0, 1)`.
+    A scalar in `[0, 1)`. Under `jit`, NaN when a query has no relevant
+    candidate or an input holds a non-finite value.
 
   Example:
     >>> import jax, twinbench_jax as tb
@@ -430,19 +466,46 @@ def soft_auc_f1(scores: jax.Array, relevance: jax.Array, own_scores: jax.Array,
   _check_chunk(alpha_chunk)
   if alpha_grid is not None and (int(alpha_grid) != alpha_grid or alpha_grid < 1):
     raise ValueError(f"`alpha_grid` must be None or a positive integer, got {alpha_grid!r}")
+  for x, name in ((s, "scores"), (m, "own_scores"), (mb, "null_own_scores")):
+    validation.check_no_nan(x, name)
+  _check_relative(relative)
   temps = resolve_temperatures(temperature)
   dtype = jnp.result_type(s.dtype, m.dtype, mb.dtype)
-  return _soft_auc_f1(s.astype(dtype), rel, m.astype(dtype), mb.astype(dtype), temps,
-                      jnp.asarray(k, dtype), relative=relative, alpha_grid=alpha_grid,
-                      alpha_chunk=alpha_chunk)
+  out = _soft_auc_f1(s.astype(dtype), rel, m.astype(dtype), mb.astype(dtype), temps,
+                     jnp.asarray(k, dtype), relative=relative, alpha_grid=alpha_grid,
+                     alpha_chunk=alpha_chunk)
+  if _traced(s, rel, m, mb):
+    out = validation.poison(out, invalid_inputs(s, rel, m, mb))
+  return out
+
+
+def invalid_inputs(s, rel, m, mb):
+  """Scalar: a query without a relevant candidate, or a non-finite score (the traced check)."""
+  return ~(jnp.all(jnp.any(rel, axis=1)) & _all_finite(s) & _all_finite(m) & _all_finite(mb))
+
+
+def _all_finite(x):
+  return jnp.all(jnp.isfinite(x))
+
+
+def _traced(*arrays):
+  return not all(validation.is_concrete(x) for x in arrays)
 
 
 @functools.partial(jax.jit, static_argnames=("relative", "alpha_grid", "alpha_chunk"))
 def _soft_auc_f1(s, rel, m, mb, temps, k, *, relative, alpha_grid, alpha_chunk):
   """Unchecked kernel of `soft_auc_f1`; also the core of the training loss."""
-  ranks = _soft_truth_ranks(s, rel, temps.rank, relative=relative)
+  return _soft_auc_f1_in_units(s, rel, m, mb, temps, k, _rank_unit(s, rel, relative),
+                               _p_unit(m, mb, relative), alpha_grid=alpha_grid,
+                               alpha_chunk=alpha_chunk)
+
+
+def _soft_auc_f1_in_units(s, rel, m, mb, temps, k, rank_unit, p_unit, *, alpha_grid=None,
+                          alpha_chunk=DEFAULT_ALPHA_CHUNK):
+  """`_soft_auc_f1` with the temperature units given (constants: what `grad` sees)."""
+  ranks = _soft_truth_ranks_in(s, rel, temps.rank * rank_unit)
   hits = _soft_hit(ranks, k, temps.hit)
-  p = _soft_pvalues(m, mb, temps.p, relative=relative)
+  p = _soft_pvalues_in(m, mb, temps.p, temps.p * p_unit)
   h = 1.0 / (mb.shape[0] + 1.0)
   if alpha_grid is not None:
     grid = (jnp.arange(alpha_grid, dtype=p.dtype) + 0.5) / alpha_grid
