@@ -39,6 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from twinbench_jax._src import auc as auc_lib
+from twinbench_jax._src import metrics as metrics_lib
+from twinbench_jax._src import models
+from twinbench_jax._src import nulls
 from twinbench_jax._src import own_scores as own_lib
 from twinbench_jax._src import pvalues as pvalues_lib
 from twinbench_jax._src import randomize as randomize_lib
@@ -65,7 +68,7 @@ class QueryBatch(NamedTuple):
 
 
 class _Setup(NamedTuple):
-  predict_fn: PredictFn
+  predict_fn: PredictFn  # (params, inputs) -> predictions; None for a Flax NNX module
   references: jax.Array
   relevance: jax.Array
   randomizer: Callable
@@ -75,11 +78,13 @@ class _Setup(NamedTuple):
 
 
 def _setup(predict_fn, references, relevance, randomize, leaves, n_null, metric) -> _Setup:
-  if not callable(predict_fn):
-    raise TypeError(f"`predict_fn` must be callable (params, inputs) -> predictions, got "
-                    f"{type(predict_fn).__name__}")
+  if models.is_nnx_module(predict_fn):
+    predict_fn = None  # the model is the module passed to each call
+  elif not callable(predict_fn):
+    raise TypeError(f"`predict_fn` must be callable (params, inputs) -> predictions or a Flax "
+                    f"NNX module, got {type(predict_fn).__name__}")
   refs = validation.as_float_array(references, "references", ndim=2)
-  validation.check_no_nan(refs, "references")
+  validation.check_no_nan(refs, "references")  # skipped under jit: NaN scores poison the loss
   if relevance is None:
     rel = jnp.eye(refs.shape[0], dtype=bool)
   else:
@@ -92,12 +97,25 @@ def _setup(predict_fn, references, relevance, randomize, leaves, n_null, metric)
     raise ValueError(f"unknown `metric` {metric!r}; choose one of {similarity_lib.METRICS}")
   if int(n_null) != n_null or n_null < 1:
     raise ValueError(f"`n_null` must be a positive integer, got {n_null!r}")
-  rel_np = np.asarray(rel)
-  # One relevant candidate per row (pseudobulk): own scores by a gather of its index,
-  # computed here once (under jit a reduction over a constant matrix is folded slowly).
-  truth = np.argmax(rel_np, axis=1) if np.all(rel_np.sum(axis=1) == 1) else None
   return _Setup(predict_fn, refs, rel, randomize_lib.resolve_randomizer(randomize, leaves=leaves),
-                int(n_null), metric, None if truth is None else jnp.asarray(truth, jnp.int32))
+                int(n_null), metric, _single_truth(relevance, rel))
+
+
+def _single_truth(relevance, rel) -> Optional[jax.Array]:
+  """`[N]` index of the one relevant candidate per row (pseudobulk), else None.
+
+  Computed once at build time (under jit a reduction over a constant matrix is
+  folded slowly); a relevance traced at build time (a factory built inside
+  `jit`) takes the general path, the mean over the relevant candidates.
+  """
+  if relevance is None:
+    return jnp.arange(rel.shape[0], dtype=jnp.int32)
+  if not validation.is_concrete(rel):
+    return None
+  rel_np = np.asarray(rel)
+  if not np.all(rel_np.sum(axis=1) == 1):
+    return None
+  return jnp.asarray(np.argmax(rel_np, axis=1), jnp.int32)
 
 
 def _unpack(batch, n_rows: int):
@@ -115,6 +133,11 @@ def _unpack(batch, n_rows: int):
     raise ValueError(f"`batch.rows` must index the {n_rows} rows of `relevance`, got values in "
                      f"[{int(rows.min())}, {int(rows.max())}]")
   return inputs, rows
+
+
+def _rows_out_of_range(rows, n_rows: int) -> jax.Array:
+  """Scalar: a row index outside `[0, n_rows)` (the traced counterpart of `_unpack`'s check)."""
+  return jnp.any((rows < 0) | (rows >= n_rows))
 
 
 def _check_prediction_shape(setup: _Setup, params, inputs, b: int) -> None:
@@ -253,6 +276,9 @@ def soft_auc_f1_loss(
     value = soft._soft_auc_f1(s, rel_rows, m, mb, temps, jnp.asarray(k, s.dtype),
                               relative=relative, alpha_grid=None,
                               alpha_chunk=soft.DEFAULT_ALPHA_CHUNK)
+    # under jit: rows out of range or non-finite predictions give NaN, not a number
+    value = validation.poison(value, _rows_out_of_range(rows, setup.relevance.shape[0])
+                              | soft.invalid_inputs(s, rel_rows, m, mb))
     return 1.0 - value
 
   return loss
@@ -321,6 +347,9 @@ def hard_auc_f1_validation(
 
     counts, _ = jax.lax.scan(add_chunk, jnp.zeros((b,), jnp.int32), (keys, used))
     p = pvalues_lib.pvalues_from_counts(counts, setup.n_null).astype(s.dtype)
-    return auc_lib._auc_f1(p, ranks <= k, jnp.ones((b,), bool)).auc
+    auc = auc_lib._auc_f1(p, ranks <= k, jnp.ones((b,), bool)).auc
+    # rows out of range (clamped by the gather) or non-finite predictions: NaN, not a number
+    return validation.poison(auc, _rows_out_of_range(rows, setup.relevance.shape[0])
+                             | ~jnp.all(jnp.isfinite(x)))
 
   return validate
