@@ -39,9 +39,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from twinbench_jax._src import auc as auc_lib
-from twinbench_jax._src import metrics as metrics_lib
-from twinbench_jax._src import models
-from twinbench_jax._src import nulls
 from twinbench_jax._src import own_scores as own_lib
 from twinbench_jax._src import pvalues as pvalues_lib
 from twinbench_jax._src import randomize as randomize_lib
@@ -68,7 +65,7 @@ class QueryBatch(NamedTuple):
 
 
 class _Setup(NamedTuple):
-  predict_fn: PredictFn  # (params, inputs) -> predictions; None for a Flax NNX module
+  predict_fn: PredictFn
   references: jax.Array
   relevance: jax.Array
   randomizer: Callable
@@ -78,13 +75,11 @@ class _Setup(NamedTuple):
 
 
 def _setup(predict_fn, references, relevance, randomize, leaves, n_null, metric) -> _Setup:
-  if models.is_nnx_module(predict_fn):
-    predict_fn = None  # the model is the module passed to each call
-  elif not callable(predict_fn):
-    raise TypeError(f"`predict_fn` must be callable (params, inputs) -> predictions or a Flax "
-                    f"NNX module, got {type(predict_fn).__name__}")
+  if not callable(predict_fn):
+    raise TypeError(f"`predict_fn` must be callable (params, inputs) -> predictions, got "
+                    f"{type(predict_fn).__name__}")
   refs = validation.as_float_array(references, "references", ndim=2)
-  validation.check_no_nan(refs, "references")  # skipped under jit: NaN scores poison the loss
+  validation.check_no_nan(refs, "references")
   if relevance is None:
     rel = jnp.eye(refs.shape[0], dtype=bool)
   else:
@@ -97,25 +92,12 @@ def _setup(predict_fn, references, relevance, randomize, leaves, n_null, metric)
     raise ValueError(f"unknown `metric` {metric!r}; choose one of {similarity_lib.METRICS}")
   if int(n_null) != n_null or n_null < 1:
     raise ValueError(f"`n_null` must be a positive integer, got {n_null!r}")
-  return _Setup(predict_fn, refs, rel, randomize_lib.resolve_randomizer(randomize, leaves=leaves),
-                int(n_null), metric, _single_truth(relevance, rel))
-
-
-def _single_truth(relevance, rel) -> Optional[jax.Array]:
-  """`[N]` index of the one relevant candidate per row (pseudobulk), else None.
-
-  Computed once at build time (under jit a reduction over a constant matrix is
-  folded slowly); a relevance traced at build time (a factory built inside
-  `jit`) takes the general path, the mean over the relevant candidates.
-  """
-  if relevance is None:
-    return jnp.arange(rel.shape[0], dtype=jnp.int32)
-  if not validation.is_concrete(rel):
-    return None
   rel_np = np.asarray(rel)
-  if not np.all(rel_np.sum(axis=1) == 1):
-    return None
-  return jnp.asarray(np.argmax(rel_np, axis=1), jnp.int32)
+  # One relevant candidate per row (pseudobulk): own scores by a gather of its index,
+  # computed here once (under jit a reduction over a constant matrix is folded slowly).
+  truth = np.argmax(rel_np, axis=1) if np.all(rel_np.sum(axis=1) == 1) else None
+  return _Setup(predict_fn, refs, rel, randomize_lib.resolve_randomizer(randomize, leaves=leaves),
+                int(n_null), metric, None if truth is None else jnp.asarray(truth, jnp.int32))
 
 
 def _unpack(batch, n_rows: int):
