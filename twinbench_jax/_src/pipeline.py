@@ -107,23 +107,27 @@ def evaluate_arrays(
     raise ValueError(
         f"`predictions` and `references` have no features (genes): shapes {tuple(x.shape)} and "
         f"{tuple(y.shape)}; with G = 0 every candidate would tie")
-  # one NaN policy with `tb.label_null`: a non-finite profile is refused, not ranked last
-  validation.check_no_nan(x, "predictions")
-  validation.check_no_nan(y, "references")
   if metric not in similarity_lib.METRICS:
     raise ValueError(f"unknown `metric` {metric!r}; choose one of {similarity_lib.METRICS}")
   if ties not in ranking.TIES:
     raise ValueError(f"unknown `ties` {ties!r}; choose one of {ranking.TIES}")
   if k < 1:
     raise ValueError(f"`k` must be >= 1, got {k}")
-  res = _evaluate_arrays(x, y, rel, metric=metric, k=k, ties=ties, single=single)
-  if validation.any_traced(x, y, rel):
-    res = _poisoned(res, x, y, rel)
+  res, bad = _evaluate_arrays(x, y, rel, metric=metric, k=k, ties=ties, single=single)
+  if not validation.any_traced(x, y) and bool(jnp.any(bad)):
+    # One NaN policy with `tb.label_null`: a non-finite profile is refused, not ranked
+    # last. The kernel's fused flag spares a host copy of the inputs when all is well.
+    validation.check_no_nan(x, "predictions")
+    validation.check_no_nan(y, "references")
   return res
 
 
-def _poisoned(res: ArrayEvaluation, x, y, rel) -> ArrayEvaluation:
-  """The traced counterpart of the value checks of `evaluate_arrays`."""
+def _poisoned(res: ArrayEvaluation, x, y, rel):
+  """`(res poisoned, [Q] invalid)`: the traced counterpart of the value checks.
+
+  A query is invalid when its prediction is not finite or it has no relevant
+  candidate; every query is when a reference is not finite.
+  """
   bad = ~jnp.all(jnp.isfinite(x), axis=1) | ~jnp.all(jnp.isfinite(y))
   if rel is not None:
     bad = bad | ~jnp.any(rel, axis=1)
@@ -131,12 +135,15 @@ def _poisoned(res: ArrayEvaluation, x, y, rel) -> ArrayEvaluation:
   summary = validation.poison(
       (res.curve, res.auc_f1, res.hit_at_k, res.mrr, res.mean_rank, res.normalized_rank),
       jnp.any(bad))
-  return ArrayEvaluation(*per_query, res.correct & ~bad, *summary)
+  return ArrayEvaluation(*per_query, res.correct & ~bad, *summary), bad
 
 
 @functools.partial(jax.jit, static_argnames=("metric", "k", "ties", "single"))
 def _evaluate_arrays(x, y, rel, *, metric, k, ties, single=None):
-  """The jitted pipeline; `rel` may be None when `single` is ``"identity"``."""
+  """The jitted pipeline; `rel` may be None when `single` is ``"identity"``.
+
+  Returns `(ArrayEvaluation, [Q] bool invalid)`; invalid queries are poisoned (NaN).
+  """
   # similarities in the input precision; ranks and counts in at least float32
   s = validation.at_least_float32(similarity_lib._similarity(x, y, metric=metric))
   cross = own_lib._cross(s, rel, single=single)
@@ -151,7 +158,7 @@ def _evaluate_arrays(x, y, rel, *, metric, k, ties, single=None):
     n_other = jnp.full(ranks.shape, max(y.shape[0] - 1, 1), ranks.dtype)
   else:
     n_other = jnp.maximum(jnp.sum(~rel, axis=1), 1)
-  return ArrayEvaluation(
+  res = ArrayEvaluation(
       ranks=ranks,
       own_scores=jnp.diagonal(cross),
       pvalues=pvalues,
@@ -163,3 +170,4 @@ def _evaluate_arrays(x, y, rel, *, metric, k, ties, single=None):
       mean_rank=jnp.mean(ranks),
       normalized_rank=jnp.mean((ranks - 1.0) / n_other),
   )
+  return _poisoned(res, x, y, rel)
