@@ -189,9 +189,8 @@ def fraction_called(pvalues: jax.Array, alpha: float = 0.05, *, adjust: str | No
     raise ValueError(f"unknown `adjust` {adjust!r}; use None or 'bh'")
   validation.check_scalar_range(alpha, "alpha", 0.0, 1.0)
   validation.check_range(p, "pvalues", 0.0, 1.0, nan_ok=True)
-  if adjust == "bh":
-    p = benjamini_hochberg(p.reshape(-1))
-  frac = jnp.mean(p <= alpha)
+  called = benjamini_hochberg(p.reshape(-1)) if adjust == "bh" else p
+  frac = jnp.mean(called <= alpha)
   if validation.any_traced(p, alpha):
     alpha = jnp.asarray(alpha)
     invalid = (jnp.any(validation.out_of_range(p, 0.0, 1.0, nan_ok=True))
