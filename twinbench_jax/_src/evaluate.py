@@ -492,6 +492,9 @@ def _check_null(null, n_null, predict_fn) -> str:
                      "predictions (a [B, Q, G] array), or AnnData/.h5ad paths")
   if isinstance(null, (list, tuple)) and len(null) == 0:
     raise ValueError("`null` is an empty list: give at least one null replicate")
+  if isinstance(null, Mapping) and len(null) == 0:
+    raise ValueError("`null` is an empty mapping: give each queried perturbation label its "
+                     "[B, G] null predictions")
   return "precomputed"
 
 
@@ -507,16 +510,21 @@ class _LazyNullProfiles:
   def __init__(self, null, ctx: "_Context", n_null: Optional[int]):
     self._ctx = ctx
     nq, ng = len(ctx.queries), len(ctx.genes)
-    self._array = None
+    self._array = self._by_label = None
     self._cache: tuple = (None, None)
-    if not _is_item(null) and not (isinstance(null, (list, tuple)) and all(map(_is_item, null))):
+    if isinstance(null, Mapping):
+      self._by_label = _null_by_label(null, ctx.queries, len(ctx.pred_var_names))
+      available = int(self._by_label[0].shape[0])
+    elif not _is_item(null) and not (isinstance(null, (list, tuple)) and all(map(_is_item, null))):
       arr = null if hasattr(null, "shape") and hasattr(null, "__getitem__") else np.asarray(null)
       n_pred_genes = len(ctx.pred_var_names)
       if len(arr.shape) != 3 or tuple(arr.shape[1:]) != (nq, n_pred_genes):
         raise ValueError(
             f"null predictions must have shape (B, Q, G) = (B, {nq}, {n_pred_genes}): rows in "
-            "the order of the queries (sorted labels, as in report.per_perturbation) and "
-            f"columns in the order of adata_pred.var_names; got {tuple(arr.shape)}")
+            "query order, the order in which the perturbations first appear in adata_pred (as "
+            f"in report.per_perturbation: {profiles_lib._show(ctx.queries, 5)}), and columns "
+            f"in the order of adata_pred.var_names; got {tuple(arr.shape)}. A mapping "
+            "perturbation label -> [B, G] array needs no order.")
       self._array, available = arr, int(arr.shape[0])
     else:
       self._plan = []  # (item, name, replicate labels or None), one per file
@@ -587,8 +595,10 @@ class _LazyNullProfiles:
     return out
 
   def _one(self, b: int) -> np.ndarray:
-    if self._array is not None:
-      x = np.asarray(self._array[b], np.float64)[:, self._ctx.pred_gene_idx]
+    if self._array is not None or self._by_label is not None:
+      rows = (self._array[b] if self._array is not None
+              else np.stack([np.asarray(a[b]) for a in self._by_label]))
+      x = np.asarray(rows, np.float64)[:, self._ctx.pred_gene_idx]
       return self._ctx.fill_excluded(self._ctx.transform_pred(x)).astype(_float())
     i = int(np.searchsorted(self._offsets, b, side="right") - 1)
     return self._file_profiles(i)[b - self._offsets[i]]
@@ -600,6 +610,36 @@ class _LazyNullProfiles:
     if isinstance(index, slice):
       return np.stack([self._one(b) for b in range(*index.indices(self.shape[0]))])
     return self._one(int(index))
+
+
+def _null_by_label(null: Mapping, queries: Sequence[str], n_genes: int) -> list:
+  """The `[B, G]` null predictions of each query, in query order, from a label mapping.
+
+  Labels that are not queries (e.g. the control) are ignored; `G` counts the
+  genes of `adata_pred`, in its `var_names` order.
+  """
+  by_label = {str(label): value for label, value in null.items()}
+  missing = [q for q in queries if q not in by_label]
+  if missing:
+    raise ValueError(f"the `null` mapping has no null predictions for {len(missing)} queried "
+                     f"perturbation(s): {profiles_lib._show(missing)}; its keys must be the "
+                     f"labels of adata_pred (e.g. {profiles_lib._show(queries, 3)})")
+  out = []
+  for q in queries:
+    value = by_label[q]
+    arr = value if hasattr(value, "shape") and hasattr(value, "__getitem__") else np.asarray(value)
+    if len(arr.shape) != 2 or arr.shape[1] != n_genes:
+      raise ValueError(f"`null`[{q!r}] must have shape (B, G) = (B, {n_genes}): one row per "
+                       "null replicate, columns in the order of adata_pred.var_names; got "
+                       f"{tuple(arr.shape)}")
+    if out and arr.shape[0] != out[0].shape[0]:
+      raise ValueError(f"`null`[{q!r}] holds {arr.shape[0]} null replicate(s) but "
+                       f"`null`[{queries[0]!r}] holds {out[0].shape[0]}; every perturbation "
+                       "needs the same number B")
+    if arr.shape[0] == 0:
+      raise ValueError(f"`null`[{q!r}] holds 0 null replicates; give at least one")
+    out.append(arr)
+  return out
 
 
 def _transformed_call(func, gene_idx, reference, keep, metric, args, kwargs, inputs):
@@ -734,6 +774,80 @@ def _fill_excluded(x, keep, metric: str, xp):
   return xp.where(keep, x, fill)
 
 
+def _named(source: profiles_lib.Source) -> str:
+  """How messages name a whole file or object: 'pred.h5ad' or `adata_pred`."""
+  return repr(source.name) if source.is_file else f"`{source.name}`"
+
+
+def _normalize_notes(source: profiles_lib.Source, layer: Optional[str], norm: Optional[str],
+                     option: str, *, pred: bool) -> list[str]:
+  """A note when `normalize=` is applied to values that are not counts (SPEC §7).
+
+  Non-integer values are not raw counts; values below log1p(10^6) besides look
+  log-normalised already, and normalising them again compresses every profile
+  towards the same shape (the AUC-F1 of a good model can fall from 0.5 to 0.1).
+  A note, not an error: model predictions of expected counts are legitimately
+  non-integer.
+  """
+  if norm is None:
+    return []
+  found = profiles_lib.count_like(source, layer)
+  if found is None:
+    return []
+  largest, n = found
+  where = source.where("X" if layer is None else f"layers[{layer!r}]")
+  fix = ("pred_normalize='none' (CLI: --pred-normalize none)" if pred else
+         "normalize=None (CLI: --normalize none), and pred_normalize= for the predictions")
+  looks = (", the range of log-normalised data" if largest <= profiles_lib._LOG_MAX else "")
+  return [f"{option}={norm!r} expects raw counts, but {where} holds non-integer values "
+          f"(largest {largest:.4g} in its first {n} cells{looks}); if it is already "
+          f"normalised, pass {fix}"]
+
+
+def _check_sizes(queries: Sequence[str], candidates: Sequence[str], k: int, null_kind: str
+                 ) -> None:
+  """Raises for label sets and `k` under which every number is a foregone conclusion."""
+  n_c = len(candidates)
+  if n_c < 2:
+    raise ValueError(
+        f"only {n_c} real perturbation ({profiles_lib._show(candidates)}) to rank against: its "
+        "rank is always 1 (hit@1 = 1) and there is no null; evaluate at least 2 perturbations "
+        "(is `perturbation_key` (CLI: --perturbation-key) the right column?)")
+  if len(queries) < 2 and null_kind == "label":
+    raise ValueError(
+        f"only 1 predicted perturbation ({queries[0]!r}) is scored: the label null compares "
+        "each prediction with the predictions for the other perturbations, so it would have 0 "
+        "replicates (p = 1 for any model); predict at least 2 perturbations, or give null "
+        "predictions (`null=`, CLI: --null)")
+  if k >= n_c:
+    raise ValueError(
+        f"`k`={k} (CLI: --k) is at least the number of candidates ({n_c} real perturbations): "
+        f"every truth ranks within the top {k}, so every query would count as correct; "
+        f"choose k < {n_c}")
+
+
+def _check_magnitude(x: np.ndarray, who: str, metric: str) -> None:
+  """Raises when distances between `[n, G]` profiles this large could overflow the kernel's float.
+
+  Overflow makes every distance inf: every candidate ties and the AUC-F1 is 0
+  with no sign of trouble. The bound is loose (`4 G max|x|^2` for the squared
+  norms, `2 G max|x|` for L1) but only fails for values no expression data holds.
+  """
+  if x.size == 0:
+    return
+  dtype = np.dtype(_float())
+  biggest = max(float(np.max(x)), -float(np.min(x)))
+  g = x.shape[-1]
+  limit = float(np.finfo(dtype).max) / 64
+  bound = 2 * g * biggest if metric == "l1" else 4 * g * biggest * biggest
+  if not bound <= limit:
+    raise ValueError(
+        f"{who} holds values up to {biggest:.3g}: {metric} distances over {g} genes could "
+        f"overflow {dtype.name} (every candidate would tie); rescale the data first (raw "
+        "counts: normalize='log1p_cp10k', CLI: --normalize log1p_cp10k), or enable float64 "
+        "(jax.config.update('jax_enable_x64', True)).")
+
+
 def _check_delta(delta) -> Optional[str]:
   if delta is None or delta is False or delta == "none":
     return None
@@ -852,6 +966,12 @@ class _Targets:
                    f"not among the {len(genes)} evaluated genes and are ignored: "
                    f"{profiles_lib._show(ignored, 5)}")
     with_targets = [q for q in queries if q in index_of]
+    bare = [label for label in index_of if len(set(index_of[label])) >= len(genes)]
+    if bare:  # all of its distances would be over 0 genes: every candidate ties
+      raise ValueError(
+          f"target_genes leaves no gene to compare {profiles_lib._show(bare, 5)} on: their "
+          f"target gene(s) are all {len(genes)} evaluated gene(s); evaluate on more genes "
+          "(`genes`, `n_top_genes`) or leave out `target_genes`")
     if not index_of:
       notes.append("target_genes: no target gene of a ranked perturbation is among the "
                    "evaluated genes; nothing is excluded")
@@ -993,11 +1113,13 @@ def evaluate(
     ties: tie rule of the ranks (``"average"``, ``"optimistic"``, ``"pessimistic"``).
     null: ``"label"`` (exact label permutation, no model needed),
       ``"model"`` (rerun `predict_fn` on randomised `inputs`), or precomputed
-      null predictions: a `[B, Q, G]` array (rows in query order: as the
-      perturbations first appear in `adata_pred`; columns in
-      `adata_pred.var_names` order) or a list of
-      AnnData/`.h5ad` paths shaped like `adata_pred`, one replicate each (or
-      several, labelled by `obs[null_replicate_key]`).
+      null predictions: a mapping perturbation label -> `[B, G]` array (no
+      order to get wrong; labels that are not queries are ignored), a
+      `[B, Q, G]` array (rows in query order: as the perturbations first
+      appear in `adata_pred`, the order of `report.per_perturbation`; columns
+      in `adata_pred.var_names` order), or an AnnData/`.h5ad` path or a list
+      of them shaped like `adata_pred` (cells matched by their labels), one
+      replicate each (or several, labelled by `obs[null_replicate_key]`).
     n_null: null replicates: the model null's B (default 1000); for
       precomputed nulls the first `n_null` replicates (default all). Not used
       by the label null.
@@ -1040,6 +1162,9 @@ def evaluate(
   null_kind = _check_null(null, n_null, predict_fn)
   if genes is not None and n_top_genes is not None:
     raise ValueError("give either `genes` or `n_top_genes`, not both")
+  if isinstance(genes, str):  # iterating would give its letters
+    raise TypeError(f"`genes` must be a list of gene names, got the string {genes!r}; pass "
+                    f"[{genes!r}] for one gene")
   if n_top_genes is not None and n_top_genes < 1:
     raise ValueError(f"`n_top_genes` must be >= 1, got {n_top_genes}")
   if unmatched not in profiles_lib.UNMATCHED:
@@ -1055,12 +1180,19 @@ def evaluate(
     pred = profiles_lib.open_source(adata_pred, "adata_pred")
     if isinstance(adata_pred, (str, os.PathLike)):
       owned.append(pred)
+    real.check_has_cells()
+    pred.check_has_cells()
+    pred_layer = layer if pred_layer is None else (None if pred_layer == "X" else pred_layer)
+    notes += _normalize_notes(real, layer, norm_real, "normalize", pred=False)
+    notes += _normalize_notes(pred, pred_layer, norm_pred,
+                              "normalize" if pred_normalize is None else "pred_normalize",
+                              pred=True)
     report = _evaluate(
         pred, real, perturbation_key=perturbation_key, pred_perturbation_key=pred_perturbation_key,
         control=control, include_control=include_control, layer=layer,
-        pred_layer=layer if pred_layer is None else (None if pred_layer == "X" else pred_layer),
-        norm_real=norm_real, norm_pred=norm_pred, genes=genes, n_top_genes=n_top_genes,
-        strict_genes=strict_genes, target_spec=target_spec, delta=delta, unmatched=unmatched,
+        pred_layer=pred_layer, norm_real=norm_real, norm_pred=norm_pred, genes=genes,
+        n_top_genes=n_top_genes, strict_genes=strict_genes, target_spec=target_spec, delta=delta,
+        unmatched=unmatched,
         metric=metric, k=int(k), ties=ties, null=null, null_kind=null_kind, n_null=n_null,
         predict_fn=predict_fn, inputs=inputs, randomize=randomize,
         null_replicate_key=null_replicate_key, key=key, seed=seed, baselines=wanted,
@@ -1151,6 +1283,7 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
       drop_control(pred_uniq), drop_control(real_uniq), unmatched=unmatched,
       pred_name=pred.name, real_name=real.name)
   notes += label_notes
+  _check_sizes(queries, candidates, k, null_kind)
   target_map = _target_map(target_spec, real, real_key, real_labels, pred, pred_key,
                            set(real_uniq) | set(pred_uniq))
 
@@ -1215,6 +1348,8 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
       targets=targets)
   q_exclude = None if targets is None else targets.index(queries)
   predictions = ctx.transform_pred(pred_full[:len(queries)])
+  _check_magnitude(predictions, _named(pred), metric)
+  _check_magnitude(ctx.transform_real(real_full), _named(real), metric)
   cand_n = n_real[:n_cand]
   query_n_real = cand_n[pd.Index(candidates).get_indexer(queries)]
   baseline_tables: dict[str, pd.DataFrame] = {}
@@ -1239,6 +1374,10 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
 
   # --- baselines (label null).
   scored = {}
+  if n_q < 2 and any(b != "split_half" for b in baselines):
+    notes.append("the mean and control baselines are skipped: their label null needs at least "
+                 "2 queries")
+    baselines = tuple(b for b in baselines if b == "split_half")
   for name in baselines:
     if name in ("mean", "control"):
       profile = (baselines_lib.mean_profile(cand_profiles) if name == "mean" else control_real)
@@ -1252,8 +1391,9 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
     elif name == "split_half":
       n_a, n_b = counts[0::2][:n_cand], counts[1::2][:n_cand]
       ok = n_a > 0
-      if not ok.any():
-        notes.append("split-half skipped: no perturbation has 2 or more real cells")
+      if ok.sum() < 2:  # its label null needs 2 queries
+        notes.append(f"split-half skipped: {int(ok.sum())} perturbation(s) have 2 or more real "
+                     "cells, and it needs at least 2")
         continue
       if not ok.all():
         left = [c for c, o in zip(candidates, ok) if not o]
@@ -1261,6 +1401,7 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
                      f"cells: {profiles_lib._show(left, 5)}")
       half_a = sums[0::2][:n_cand][ok] / n_a[ok, None]
       half_b = sums[1::2][:n_cand] / n_b[:, None]
+      _check_magnitude(ctx.transform_real(np.concatenate([half_a, half_b])), _named(real), metric)
       sh_q = np.asarray(candidates)[ok]
       scored[name] = _score(sh_q, ctx.transform_real(half_a), ctx.transform_real(half_b),
                             np.flatnonzero(ok), np.arange(len(sh_q)), metric=metric, k=k,

@@ -99,7 +99,7 @@ class Source:
           f"Could not find key {key!r} in {self.where('obs')}; available: {self.obs_keys}. "
           "Pass the column that holds the perturbation label as `perturbation_key` "
           "(CLI: --perturbation-key).")
-    raw = self._read_obs(key)
+    raw = self._read_column(key)
     col = pd.Series(raw if isinstance(raw, pd.Categorical) else np.asarray(raw))
     missing = col.isna().to_numpy()
     if missing.any():
@@ -109,12 +109,33 @@ class Source:
           f"{first}{' ...' if missing.sum() > 5 else ''}); label or remove them first.")
     return col
 
+  def _read_column(self, key: str):
+    """`obs[key]` as stored; a column the reader refuses is an error naming it."""
+    try:
+      raw = self._read_obs(key)
+    except (ValueError, TypeError, KeyError, IndexError, OSError) as e:
+      raise ValueError(
+          f"could not read {self.where(f'obs[{key!r}]')}: the column is corrupt ({e}); a "
+          "categorical column's codes must index its categories. Rewrite the file with "
+          "anndata.") from None
+    if len(raw) != self.n_obs:
+      raise ValueError(f"{self.where(f'obs[{key!r}]')} has {len(raw)} values for {self.n_obs} "
+                       "cells; the file is corrupt")
+    return raw
+
+  def check_has_cells(self) -> None:
+    """Raises when there is no cell at all (an empty file is not a missing label)."""
+    if self.n_obs == 0:
+      what = repr(self.name) if self.is_file else f"`{self.name}`"
+      raise ValueError(f"{what} has 0 cells (its obs is empty); nothing to evaluate. Check that "
+                       "the file was written completely and that no filter removed every cell.")
+
   def obs_strings(self, key: str, hint: str = "") -> np.ndarray:
     """`[n_obs]` object array of `obs[key]` as strings, None where a cell has no value."""
     if key not in self.obs_keys:
       raise ValueError(f"Could not find key {key!r} in {self.where('obs')}; available: "
                        f"{self.obs_keys}.{' ' + hint if hint else ''}")
-    raw = self._read_obs(key)
+    raw = self._read_column(key)
     col = pd.Series(raw if isinstance(raw, pd.Categorical) else np.asarray(raw))
     missing = col.isna().to_numpy()
     out = col.astype(str).str.strip().to_numpy(dtype=object)
@@ -137,6 +158,10 @@ class Source:
     if len(mat.shape) != 2 or mat.shape[0] != self.n_obs or mat.shape[1] != len(self.var_names):
       raise ValueError(f"{self.where(where)} has shape {tuple(mat.shape)}, expected "
                        f"{(self.n_obs, len(self.var_names))}")
+    if isinstance(mat, _H5CSR):
+      mat.where = self.where(where)
+    elif sp.issparse(mat) and mat.format == "csr":
+      check_indptr(mat.indptr, mat.shape[0], mat.data.shape[0], self.where(where))
     return mat
 
   def close(self) -> None:
@@ -202,13 +227,42 @@ class _H5CSR:
     self._group = group
     self.shape = tuple(int(n) for n in group.attrs["shape"])
     self._indptr = None
+    self.where = "the matrix"  # how errors name it (set by `Source.matrix`)
 
   def rows(self, start: int, stop: int) -> sp.csr_matrix:
     if self._indptr is None:  # read once: (n_obs + 1) integers
-      self._indptr = np.asarray(self._group["indptr"][...], np.int64)
+      indptr = np.asarray(self._group["indptr"][...], np.int64)
+      check_indptr(indptr, self.shape[0], self._group["data"].shape[0], self.where)
+      self._indptr = indptr
     lo, hi = int(self._indptr[start]), int(self._indptr[stop])
     return sp.csr_matrix((self._group["data"][lo:hi], self._group["indices"][lo:hi],
                           self._indptr[start:stop + 1] - lo), shape=(stop - start, self.shape[1]))
+
+
+def check_indptr(indptr: np.ndarray, n_rows: int, nnz: int, where: str) -> None:
+  """Raises, naming `where` and the first bad row, when CSR row pointers are corrupt.
+
+  Cheap (`n_rows + 1` integers) and needed: a decreasing pointer makes a row
+  block silently empty or shifted in scipy's and numpy's code paths.
+  """
+  indptr = np.asarray(indptr)
+  if indptr.shape != (n_rows + 1,):
+    raise ValueError(f"{where}: the sparse row pointers (indptr) have shape {indptr.shape}, "
+                     f"expected ({n_rows + 1},); the sparse matrix is corrupt.")
+  if n_rows == 0:
+    return
+  step = np.diff(indptr)
+  if indptr[0] != 0 or indptr[-1] != nnz or (step < 0).any():
+    if indptr[0] != 0:
+      what = f"start at {int(indptr[0])}, not 0"
+    elif (step < 0).any():
+      row = int(np.flatnonzero(step < 0)[0])
+      what = (f"decrease at cell (row) {row} ({int(indptr[row])} -> {int(indptr[row + 1])}); "
+              "they must be non-decreasing")
+    else:
+      what = f"end at {int(indptr[-1])}, but the matrix stores {nnz} values"
+    raise ValueError(f"{where}: the sparse row pointers (indptr) {what}; the sparse matrix is "
+                     "corrupt. Rewrite it with anndata / scipy.")
 
 
 def _h5_matrix(node):
@@ -344,8 +398,17 @@ def _check_finite_block(block, source: Source, where: str, start: int, used: np.
         "clean or impute them before scoring.")
 
 
-def _normalize_block(blk: sp.csr_matrix, normalize: str, source: Source, where: str
-                     ) -> sp.csr_matrix:
+def _normalize_block(blk: sp.csr_matrix, normalize: str, source: Source, where: str,
+                     cells: Optional[np.ndarray] = None) -> sp.csr_matrix:
+  """Per-cell normalisation of a CSR block in place. `cells`: the block's row numbers."""
+  finite = np.isfinite(blk.data)
+  if not finite.all():  # NaN/inf first: -inf is not a "negative count"
+    local = np.repeat(np.arange(blk.shape[0]), np.diff(blk.indptr))[~finite]
+    rows = local if cells is None else np.asarray(cells)[local]
+    raise ValueError(
+        f"{source.where(where)} holds {local.size} non-finite value(s) (NaN or inf), first in "
+        f"cell (row) {int(rows.min())}; normalize={normalize!r} needs finite counts. Clean or "
+        "impute them before scoring.")
   if blk.data.size and blk.data.min() < 0:
     raise ValueError(
         f"normalize={normalize!r} expects non-negative counts, but {source.where(where)} has "
@@ -358,6 +421,31 @@ def _normalize_block(blk: sp.csr_matrix, normalize: str, source: Source, where: 
     blk.data *= np.repeat(scale, np.diff(blk.indptr))
   np.log1p(blk.data, out=blk.data)
   return blk
+
+
+# Cells sampled by `count_like` (from the start of the matrix).
+_COUNT_SAMPLE_CELLS = 1000
+# log1p of a count per million: log-normalised values never exceed it.
+_LOG_MAX = float(np.log1p(1e6))
+
+
+def count_like(source: Source, layer: Optional[str]) -> Optional[tuple[float, int]]:
+  """None when the first cells hold whole numbers (counts); else `(largest value, cells read)`.
+
+  A cheap look at up to `_COUNT_SAMPLE_CELLS` cells, for the note that
+  `normalize=` is applied to data that is not raw counts (e.g. already
+  log-normalised): non-integer values are never counts.
+  """
+  mat = source.matrix(layer)
+  n = min(mat.shape[0], _COUNT_SAMPLE_CELLS)
+  if n == 0:
+    return None
+  block = _rows(mat, 0, n)
+  values = np.asarray(block.data if sp.issparse(block) else block)
+  values = values[np.isfinite(values)]
+  if values.size == 0 or values.dtype.kind in "iub" or np.all(values == np.round(values)):
+    return None
+  return float(values.max()), n
 
 
 def _loop_dtype(values) -> bool:
@@ -513,7 +601,7 @@ def group_sums(
       # for bit, without the indicator matrix (nor, unnormalised, a float64 copy).
       part = np.zeros((hi - lo, g), np.float64)
       if normalize is not None:
-        block = _normalize_block(_block_as_csr(block), normalize, source, where)
+        block = _normalize_block(_block_as_csr(block), normalize, source, where, cells)
       _add_rows(block, np.arange(cells.size), np.where(c >= 0, c - lo, -1), part,
                 lambda i: f"{source.where(where)}: cell (row) {int(cells[i])}")
       return lo, part
@@ -525,7 +613,7 @@ def group_sums(
       return lo, indicator @ np.asarray(block, np.float64)
     blk = _block_as_csr(block)
     if normalize is not None:
-      blk = _normalize_block(blk, normalize, source, where)
+      blk = _normalize_block(blk, normalize, source, where, cells)
     return lo, (indicator @ blk).toarray()
 
   # Blocks are summed on several threads (the compiled loops and scipy's sparse products
