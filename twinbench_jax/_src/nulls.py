@@ -516,6 +516,13 @@ def _check_options(metric: str, own_score: str) -> None:
 
 
 def _check_references(references, relevance, n_queries: Optional[int] = None):
+  if relevance is not None:
+    ref_kind, rel_kind = (np.asarray(a).dtype.kind if getattr(a, "dtype", None) is None
+                          else np.dtype(a.dtype).kind for a in (references, relevance))
+    if ref_kind == "b" and rel_kind != "b":
+      raise ValueError(
+          "`references` is boolean and `relevance` is not: are they swapped? The order is "
+          "(predictions, ..., references [C, G] float profiles, relevance [Q, C] bool)")
   y = validation.as_float_array(references, "references", ndim=2)
   validation.check_no_nan(y, "references")
   if relevance is None:
@@ -545,6 +552,27 @@ def _check_predictions(x: Any, name: str, y: jax.Array, rel: jax.Array) -> jax.A
                      f"{tuple(x.shape)}")
   validation.check_no_nan(x, name)
   return x
+
+
+def _check_precomputed_order(x_obs: Any, null_predictions: Any, references: Any) -> None:
+  """Names the likely swap when `precomputed_null`'s arrays come in the wrong order.
+
+  The order is (predictions `[Q, G]`, null_predictions `[B, Q, G]`, references
+  `[C, G]`): a 3-D array in another place is almost surely the null replicates.
+  """
+  def ndim(a):
+    shape = getattr(a, "shape", None)
+    return None if shape is None else len(shape)
+
+  order = ("tb.precomputed_null(predictions [Q, G], null_predictions [B, Q, G], "
+           "references [C, G], relevance [Q, C])")
+  null_dim = ndim(null_predictions)
+  for name, a in (("predictions", x_obs), ("references", references)):
+    if ndim(a) == 3:
+      swap = (f"; are `{name}` and `null_predictions` swapped? The order is {order}"
+              if null_dim == 2 else f"; it must be 2-D. The order is {order}")
+      raise ValueError(f"`{name}` has shape {tuple(a.shape)}, the shape of a stack of null "
+                       f"replicates (B, Q, G){swap}")
 
 
 def _check_inputs(inputs: Any) -> Any:
@@ -821,6 +849,7 @@ def precomputed_null(
   """
   _check_options(metric, own_score)
   x_obs = _load_profile(predictions, "predictions", layer)
+  _check_precomputed_order(x_obs, null_predictions, references)
   y, rel = _check_references(references, relevance, n_queries=x_obs.shape[0])
   x_obs = _check_predictions(x_obs, "predictions", y, rel)
   source = _NullSource(null_predictions, (rel.shape[0], y.shape[1]), layer)
