@@ -168,8 +168,10 @@ def owned_files(real: str) -> list[str]:
     if not _is_twinbench_report(os.path.join(real, rel)):
       raise _foreign(real, rel, "file", "is not a twinbench report")
   if entries and not reports:
-    raise OutputDirError(f"{real!r} holds files named like twinbench output but no twinbench "
-                         "report.json and no manifest; give a new or empty folder")
+    names = ", ".join(repr(rel) for rel, _, _ in entries[:3]) + (", ..." if entries[3:] else "")
+    raise OutputDirError(f"{real!r} holds {names}, named like twinbench output, but no "
+                         "twinbench report.json and no manifest, so twinbench cannot tell it "
+                         "wrote them: give a new or empty folder")
   return [rel for rel, kind, _ in entries if kind == "file"]
 
 
@@ -300,15 +302,20 @@ def handle_signals():
       old_hook(unraisable)
 
   old_hook = sys.unraisablehook
-  old = {s: signal.signal(s, raise_interrupted) for s in _SIGNALS}
+  old = {s: signal.signal(s, raise_interrupted) for s in _python_handled()}
   sys.unraisablehook = hook
   try:
     yield _pending
   finally:
     for s, h in old.items():
-      signal.signal(s, signal.SIG_DFL if h is None else h)
+      signal.signal(s, h)
     sys.unraisablehook = old_hook
     _pending.clear()
+
+
+def _python_handled() -> list[int]:
+  """SIGINT/SIGTERM unless a handler installed outside Python (which we cannot restore) owns it."""
+  return [s for s in _SIGNALS if signal.getsignal(s) is not None]
 
 
 @contextlib.contextmanager
@@ -318,12 +325,12 @@ def _signals_deferred():
     yield
     return
   got: list[int] = []
-  old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in _SIGNALS}
+  old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in _python_handled()}
   try:
     yield
   finally:
     for s, h in old.items():
-      signal.signal(s, signal.SIG_DFL if h is None else h)
+      signal.signal(s, h)
     if got:
       signal.raise_signal(got[0])
 
