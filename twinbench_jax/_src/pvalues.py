@@ -67,9 +67,10 @@ def pvalues_from_counts(counts: jax.Array, n_null: int) -> jax.Array:
     those entries (all of them for a bad `n_null`) are NaN.
   """
   validation.check_scalar_range(n_null, "n_null", 1, np.inf)
-  c = jnp.asarray(counts)
+  c = counts if isinstance(counts, (jax.Array, jax.core.Tracer)) else np.asarray(counts)
   if not (jnp.issubdtype(c.dtype, jnp.integer) or jnp.issubdtype(c.dtype, jnp.floating)):
     raise TypeError(f"`counts` must be numeric, got dtype {c.dtype}")
+  c = jnp.asarray(c)
   validation.check_range(counts, "counts", 0, n_null if validation.is_concrete(n_null)
                          else np.inf)
   p = (1.0 + jnp.asarray(c, jnp.result_type(float))) / (n_null + 1.0)
