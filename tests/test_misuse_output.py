@@ -482,3 +482,26 @@ def test_report_save_refuses_and_replaces_like_the_cli(inputs, tmp_path, monkeyp
   with pytest.raises(ValueError, match="current folder"):
     report.save(".")
   assert _leftovers(tmp_path) == []
+
+
+def test_subfolder_saved_again_stays_ours(inputs, tmp_path):
+  """The demo's `good/` replaced on its own: its manifest answers for it; a user file does not."""
+  import twinbench_jax as tb
+
+  report = tb.evaluate(inputs["pred"], inputs["real"], baselines=())
+  top = tmp_path / "demo"
+  with output_dir.staged(top) as tmp:
+    (Path(tmp) / "real.h5ad").write_bytes(b"demo data")
+    report.save(Path(tmp) / "good")
+  assert sorted(json.loads((top / MANIFEST).read_text())["files"]) == sorted(
+      ["real.h5ad", f"good/{MANIFEST}", *(f"good/{n}" for n in REPORT_SET)])
+  report.save(top / "good", plots=False)  # sizes and files now differ from the top manifest
+  (top / "good" / "notes.txt").write_text("mine")
+  before = _snapshot(top)
+  with pytest.raises(output_dir.OutputDirError, match="'good/notes.txt'"):
+    report.save(top)
+  assert _snapshot(top) == before
+  (top / "good" / "notes.txt").unlink()
+  report.save(top, plots=False)
+  assert sorted(os.listdir(top)) == sorted([MANIFEST, "per_perturbation.csv", "report.json"])
+  assert _leftovers(tmp_path) == []

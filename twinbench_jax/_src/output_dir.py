@@ -141,6 +141,40 @@ def _foreign(real: str, rel: str, kind: str, why: str) -> OutputDirError:
       "move that entry away")
 
 
+def _parents(rel: str) -> list[str]:
+  parts = rel.split("/")
+  return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _check_listed(real: str, files: dict, entries: list) -> None:
+  """Every entry must be listed, with its size, in the manifest of its nearest folder.
+
+  A subfolder with a manifest of its own (a report saved again into the
+  demo's `good/`, say) answers for its own files.
+  """
+  manifests = {"": files}
+  for rel, kind, _ in entries:
+    if kind == "file" and rel.endswith("/" + MANIFEST):
+      folder = rel[:-len(MANIFEST) - 1]
+      manifests[folder] = _read_manifest(os.path.join(real, *folder.split("/")))
+  folders = set()
+  for base, listed in manifests.items():
+    folders.update(_parents(f"{base}/x") if base else ())
+    for p in listed:
+      folders.update(_parents(f"{base}/{p}" if base else p))
+  for rel, kind, size in entries:
+    if kind == "dir" and rel in folders:
+      continue
+    base = max((b for b in manifests if not b or rel.startswith(b + "/")), key=len)
+    inner, listed = rel[len(base) + 1:] if base else rel, manifests[base]
+    if kind == "file" and inner == MANIFEST:
+      continue  # a subfolder's manifest, read above
+    if kind != "file" or inner not in listed:
+      raise _foreign(real, rel, kind, f"twinbench did not write (not in {MANIFEST})")
+    if listed[inner] != size:
+      raise _foreign(real, rel, kind, "changed after twinbench wrote it (size differs)")
+
+
 def owned_files(real: str) -> list[str]:
   """The files in the existing folder `real` that twinbench wrote (relative, '/'-separated).
 
@@ -150,15 +184,7 @@ def owned_files(real: str) -> list[str]:
   files = _read_manifest(real)
   entries = [e for e in _entries(real) if e[0] != MANIFEST]
   if files is not None:
-    folders = {p.rsplit("/", 1)[0] for p in files if "/" in p}
-    folders |= {f.rsplit("/", i)[0] for f in folders for i in range(f.count("/") + 1)}
-    for rel, kind, size in entries:
-      if kind == "dir" and rel in folders:
-        continue
-      if kind != "file" or rel not in files:
-        raise _foreign(real, rel, kind, f"twinbench did not write (not in {MANIFEST})")
-      if files[rel] != size:
-        raise _foreign(real, rel, kind, "changed after twinbench wrote it (size differs)")
+    _check_listed(real, files, entries)
     return [rel for rel, kind, _ in entries if kind == "file"]
   for rel, kind, _ in entries:
     if not _legacy_name(rel, kind):
