@@ -281,3 +281,69 @@ def test_errors_name_the_argument():
     tb.soft_auc_f1(scores, no_truth, own, null)
   with pytest.raises(ValueError, match="`n_null`"):
     tb.soft_called(own, 0.1, n_null=0)
+
+
+# --- local temperatures: the default tracks the hard metric --------------------------------
+
+
+def test_check_grads_of_the_default_relaxation_with_its_local_units_held_fixed():
+  # The default divides each temperature by a local gap under `stop_gradient`: a constant
+  # at each step. Held fixed at the base point, the relaxation is a smooth function whose
+  # autodiff gradient must match finite differences.
+  from twinbench_jax._src import soft
+  with jax.enable_x64(True):
+    scores, rel, own, null = (x.astype(np.float64) if x.dtype != bool else x
+                              for x in _tie_free(12, q=8, c=10, b=6))
+    rank_unit = soft._rank_unit(jnp.asarray(scores), jnp.asarray(rel), True)
+    p_unit = soft._p_unit(jnp.asarray(own), jnp.asarray(null), True)
+    assert rank_unit.shape == (8, 1) and p_unit.shape == (8,)
+    temps = soft.resolve_temperatures(tb.SoftTemperatures())
+
+    def f(s, m, mb):
+      return soft._soft_auc_f1_in_units(s, rel, m, mb, temps, 1.0, rank_unit, p_unit)
+
+    # the held-fixed function is the default one at the base point
+    np.testing.assert_allclose(f(scores, own, null), tb.soft_auc_f1(scores, rel, own, null),
+                               rtol=1e-12)
+    check_grads(jax.jit(f), (scores, own, null), order=1, modes=("fwd", "rev"), eps=1e-6,
+                atol=1e-5, rtol=1e-4)
+
+
+def test_local_rank_temperature_keeps_a_crowded_first_truth_near_rank_one():
+  # Negative distances with a long tail: the top is crowded compared with the spread over
+  # all candidates, which made the soft ranks of first truths 9-12 on the simulator
+  # (issue 14). Each truth is first by one local spacing; the local gap keeps it near 1.
+  rng = np.random.default_rng(13)
+  q, c = 20, 200
+  rel = np.eye(q, c, dtype=bool)
+  scores = -np.exp(rng.normal(scale=1.5, size=(q, c))).astype(np.float32)
+  top = -np.sort(-np.where(rel, -np.inf, scores), axis=1)[:, :5]
+  scores[rel] = top[:, 0] + np.mean(top[:, :4] - top[:, 1:5], axis=1)
+  assert np.all(np.asarray(tb.truth_ranks(scores, rel)) == 1)
+  local = np.asarray(tb.soft_truth_ranks(scores, rel))
+  spread = np.asarray(tb.soft_truth_ranks(scores, rel, relative="global"))
+  assert np.all(local < 1.1), local
+  assert np.all(spread > 5.0), spread  # the former default, for contrast
+
+
+def test_closed_forms_perfect_and_input_ignoring_models():
+  rng = np.random.default_rng(14)
+  rel = np.eye(Q, C, dtype=bool)
+  # perfect: every truth first by far, every own score above all its nulls -> 1 - 1/(B+1)
+  scores = (rng.normal(size=(Q, C)) + 20.0 * rel).astype(np.float32)
+  own = scores[rel]
+  null = (own[None] - 5.0 - rng.uniform(size=(B, Q))).astype(np.float32)
+  top = 1.0 - 1.0 / (B + 1)
+  assert _hard(scores, rel, own, null) == pytest.approx(top)
+  # the hit and the call of a sure query are σ(5) ≈ 0.993 at the default temperatures
+  assert float(tb.soft_auc_f1(scores, rel, own, null)) == pytest.approx(top, rel=0.015)
+  # ignores its input: every null replicate ties the observed own score -> 0
+  tied = np.broadcast_to(own, (B, Q))
+  assert _hard(scores, rel, own, tied) == 0.0
+  assert float(tb.soft_auc_f1(scores, rel, own, tied)) < 0.01
+
+
+def test_relative_must_be_a_known_mode():
+  scores, rel, own, null = _tie_free(0)
+  with pytest.raises(ValueError, match="`relative`"):
+    tb.soft_auc_f1(scores, rel, own, null, relative="median")

@@ -6,8 +6,10 @@ one, and `soft_auc_f1` to `tb.auc_f1(...).auc`:
 
 - rank: `r̃_q = 1 + Σ_{c∉rel} σ((s_qc - s_qc*) / τ_rank)` → `truth_ranks`;
 - hit: `σ((k + 1/2 - r̃_q) / τ_hit)` → `r_q <= k`; τ_hit in ranks;
-- p-value: `p̃_q = (1 + Σ_b σ((m^b - m)/τ + log(1/τ_p))) / (B+1)` →
-  `empirical_pvalues` (the shift makes a tie count as an exceedance, `>=`);
+- p-value: `p̃_q = (1 + Σ_b e_b) / (B+1)`, `e_b = σ((m^b - m)/τ_p)` →
+  `empirical_pvalues`; an exact tie `m^b = m` counts `e_b = 1` like the
+  hard `>=` (with the sigmoid's slope as its gradient), so a model that
+  ignores its input scores exactly 0;
 - call: `σ((α - p̃_q + h/2) / (τ_α h))` with `h = 1/(B+1)` → `p_q <= α`;
   τ_α in p-value steps `h`;
 - area: the exact step integral over the soft p-values sorted by a hard
@@ -273,16 +275,15 @@ def soft_empirical_pvalues(scores: jax.Array, null_scores: jax.Array, *,
   r"""Soft empirical p-values (SPEC §5), the smooth `tb.empirical_pvalues`.
 
   .. math::
-     \tilde p = \frac{1 + \sum_b \sigma\!\left(\frac{m^b - m}{\tau}
-                                   + \log\frac{1}{\tau_p}\right)}{B + 1},
+     \tilde p = \frac{1 + \sum_b \sigma\!\left(\frac{m^b - m}{\tau}\right)}{B + 1},
      \qquad \tau = \tau_p \cdot g
 
   with :math:`g` the local gap: the mean distance from `m` to its
-  `LOCAL_NEIGHBOURS` nearest null scores (under `stop_gradient`). The
-  `log(1/τ_p)` shift (0 when τ_p ≥ 1) makes an exact tie count
-  `1/(1 + τ_p)`, so the limit τ_p → 0 counts ties as exceedances like the hard
-  `>=`; a replicate `d` below the observed score stops counting once
-  `|d| > τ log(1/τ_p)`.
+  `LOCAL_NEIGHBOURS` nearest null scores (under `stop_gradient`). An exact
+  tie `m^b = m` counts 1, as the hard `>=` does (a plain sigmoid would count
+  1/2), with the sigmoid's slope as its gradient: a model that ignores its
+  input ties every replicate and gets `p = 1` exactly, and still a gradient
+  away from that collapse. As τ_p → 0 this is `tb.empirical_pvalues`.
 
   Args:
     scores: observed scores `m` of any shape `S` (own scores `[Q]`).
@@ -309,13 +310,15 @@ def soft_empirical_pvalues(scores: jax.Array, null_scores: jax.Array, *,
 
 @functools.partial(jax.jit, static_argnames=("relative",))
 def _soft_pvalues(m, mb, tau_p, *, relative):
-  return _soft_pvalues_in(m, mb, tau_p, tau_p * _p_unit(m, mb, relative))
+  return _soft_pvalues_in(m, mb, tau_p * _p_unit(m, mb, relative))
 
 
-def _soft_pvalues_in(m, mb, tau_p, tau):
-  """Soft p-values at a temperature `tau` in score units; the tie shift from τ_p."""
-  shift = jnp.maximum(jnp.log(1.0 / tau_p), 0.0)
-  exceed = jax.nn.sigmoid((mb - m[None]) / tau + shift)
+def _soft_pvalues_in(m, mb, tau):
+  """Soft p-values at a temperature `tau` in score units."""
+  d = mb - m[None]
+  exceed = jax.nn.sigmoid(d / tau)
+  # an exact tie is an exceedance (`>=`): value 1, the sigmoid's gradient
+  exceed = jnp.where(d == 0, exceed + jax.lax.stop_gradient(1.0 - exceed), exceed)
   return (1.0 + jnp.sum(exceed, axis=0)) / (mb.shape[0] + 1.0)
 
 
@@ -505,7 +508,7 @@ def _soft_auc_f1_in_units(s, rel, m, mb, temps, k, rank_unit, p_unit, *, alpha_g
   """`_soft_auc_f1` with the temperature units given (constants: what `grad` sees)."""
   ranks = _soft_truth_ranks_in(s, rel, temps.rank * rank_unit)
   hits = _soft_hit(ranks, k, temps.hit)
-  p = _soft_pvalues_in(m, mb, temps.p, temps.p * p_unit)
+  p = _soft_pvalues_in(m, mb, temps.p * p_unit)
   h = 1.0 / (mb.shape[0] + 1.0)
   if alpha_grid is not None:
     grid = (jnp.arange(alpha_grid, dtype=p.dtype) + 0.5) / alpha_grid
