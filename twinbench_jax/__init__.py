@@ -9,7 +9,15 @@ from twinbench_jax._src.auc import AucF1Result, auc_f1, candidate_auc_f1
 from twinbench_jax._src.baselines import BASELINES, split_half
 from twinbench_jax._src.compare import Comparison, compare
 from twinbench_jax._src.evaluate import Report, evaluate
-from twinbench_jax._src.losses import QueryBatch, hard_auc_f1_validation, soft_auc_f1_loss
+from twinbench_jax._src.losses import (
+    QueryBatch,
+    auc_f1_loss,
+    hard_auc_f1_validation,
+    make_auc_f1_metric_update,
+    make_soft_auc_f1_loss,
+    soft_auc_f1_loss,
+)
+from twinbench_jax._src.metrics import AucF1Metric
 from twinbench_jax._src.nulls import (
     OWN_SCORES,
     NullResult,
@@ -74,6 +82,7 @@ __all__ = [
     "NORMALIZATIONS",
     "OWN_SCORES",
     "ArrayEvaluation",
+    "AucF1Metric",
     "AucF1Result",
     "Comparison",
     "NullResult",
@@ -86,6 +95,7 @@ __all__ = [
     "approx_mrr_loss",
     "approx_truth_ranks",
     "auc_f1",
+    "auc_f1_loss",
     "benjamini_hochberg",
     "candidate_auc_f1",
     "compare",
@@ -101,6 +111,8 @@ __all__ = [
     "hit_at_k",
     "label_null",
     "label_permutation_pvalues",
+    "make_auc_f1_metric_update",
+    "make_soft_auc_f1_loss",
     "make_toy_task",
     "model_null",
     "normalized_rank",

@@ -41,6 +41,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from twinbench_jax._src import auc as auc_lib
+from twinbench_jax._src import models
 from twinbench_jax._src import own_scores as own_lib
 from twinbench_jax._src import pvalues as pvalues_lib
 from twinbench_jax._src import randomize as randomize_lib
@@ -276,8 +277,9 @@ def _device_loop(first, n_null, make_batch, score, *, per_device, batch, n_queri
     offset = j * batch
     idx = first + offset + jnp.arange(batch, dtype=jnp.int32)
     out = score(make_batch(offset, idx), idx < n_null)
+    # both indices of one integer type (the literal 0 is int64 under `jax_enable_x64`)
     new = {"own": jax.lax.dynamic_update_slice(carry["own"], out["own"].astype(dtype),
-                                               (offset, 0)),
+                                               (offset, jnp.zeros_like(offset))),
            "bad": carry["bad"] + out["bad"]}
     if candidate_level:
       new["counts"] = carry["counts"] + out["counts"]
@@ -432,31 +434,23 @@ class _PartialCall:
     return self.func(*args, inputs, **kwargs)
 
 
-@dataclasses.dataclass(frozen=True)
-class _NnxCall:
-  graphdef: Any
-
-  def __call__(self, state, inputs):
-    from flax import nnx
-    return nnx.merge(self.graphdef, state)(inputs)
-
-
-def _split_predict(predict_fn: Callable) -> tuple[Callable, Any]:
+def _split_predict(predict_fn: Callable, module_mode: str = "eval") -> tuple[Callable, Any]:
   """`predict_fn` -> (hashable `apply(params, inputs)`, array `params`).
 
   The arrays of a `functools.partial(apply, params)` and the state of a Flax
   NNX module become traced arguments of the kernels, so they are neither baked
   into the compiled code as constants nor a cause of recompilation when they
   change. Anything else is called as is (its closed-over arrays are constants).
+  A module runs functionally (`models.call`) in `module_mode`; the state it
+  leaves behind is dropped, so the caller's module is never changed.
   """
   if not callable(predict_fn):
     raise TypeError(f"`predict_fn` must be callable (inputs -> predictions), got "
                     f"{type(predict_fn).__name__}")
-  if any(c.__module__.startswith("flax") for c in type(predict_fn).__mro__):
-    from flax import nnx
-    if isinstance(predict_fn, nnx.Module):
-      graphdef, state = nnx.split(predict_fn)
-      return _NnxCall(graphdef), state
+  models.check_module_mode(module_mode)
+  if models.is_nnx_module(predict_fn):
+    graphdef, state = models.split(predict_fn, module_mode)
+    return models.ModuleApply(graphdef), state
   if isinstance(predict_fn, functools.partial):
     leaves, treedef = jax.tree_util.tree_flatten((predict_fn.args, predict_fn.keywords))
     is_array = [isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves]
@@ -478,8 +472,11 @@ class _Randomizer:
   spec: Any
   leaves: Optional[tuple]
 
-  def __call__(self, key, inputs):
-    return randomize_lib.resolve_randomizer(self.spec, leaves=self.leaves)(key, inputs)
+  def __call__(self, key, inputs, row_ids=None):
+    fn = randomize_lib.resolve_randomizer(self.spec, leaves=self.leaves)
+    if row_ids is None or callable(self.spec):
+      return fn(key, inputs)
+    return fn(key, inputs, row_ids)
 
 
 # --------------------------------------------------------------------------- checks
@@ -694,6 +691,7 @@ def model_null(
     batch_size: Optional[int] = None,
     devices: Optional[Sequence[Any]] = None,
     progress: bool = True,
+    module_mode: str = "eval",
 ) -> NullResult:
   r"""Model-in-the-loop permutation null: predict again from randomised inputs (SPEC §3).
 
@@ -723,7 +721,9 @@ def model_null(
   Args:
     predict_fn: JAX-traceable `inputs -> [Q, G]` predictions: a plain function,
       `functools.partial(apply, params)` (the arrays among its arguments are
-      traced, not compiled in), or a Flax NNX module. Must be deterministic.
+      traced, not compiled in), or a Flax NNX module (see `module_mode`). Must
+      be deterministic. The factories' `predict_fn(params, inputs)` is passed
+      as `functools.partial(predict_fn, params)`.
     inputs: an array or a pytree of arrays (e.g. ``{"control": ..., "embedding":
       ...}``); must be finite.
     references: `[C, G]` real candidate profiles.
@@ -750,6 +750,15 @@ def model_null(
       an accelerator's memory (at most 64, at most `B`).
     devices: devices to split replicates over; None: `jax.devices()`.
     progress: show a progress bar over chunks (on a terminal).
+    module_mode: for a Flax NNX `predict_fn`: ``"eval"`` (default) runs an
+      eval-mode copy (`Module.eval()`: Dropout off, BatchNorm on its running
+      averages), the usual way to evaluate; ``"as_is"`` runs the module as it
+      is set. In train mode every replicate then uses the Dropout masks of
+      the real pass (the module's RNG streams as they stand, so the real and
+      the randomised inputs differ only in the input, and a model that ignores
+      its input still ties exactly) and BatchNorm normalises each replicate
+      with its own batch statistics. Either way the module is not changed: no
+      RNG count advances, no running average moves.
 
   Returns:
     A `NullResult` with `kind="model"`.
@@ -767,7 +776,7 @@ def model_null(
   _check_options(metric, own_score)
   inputs = _check_inputs(inputs)
   y, rel = _check_references(references, relevance)
-  apply, params = _split_predict(predict_fn)
+  apply, params = _split_predict(predict_fn, module_mode)
   rand_spec = None if leaves is None else tuple([leaves] if isinstance(leaves, str) else leaves)
   randomize_lib.resolve_randomizer(randomize, leaves=rand_spec)  # validates the spec
   rand = _Randomizer(randomize, rand_spec)

@@ -16,18 +16,34 @@ import jax.numpy as jnp
 _MAX_POSITION_BITS = 24
 
 
-def shuffle_features(key: jax.Array, x: jax.Array) -> jax.Array:
+def shuffle_features(key: jax.Array, x: jax.Array, *, row_ids=None) -> jax.Array:
   """Permutes the entries inside each row (last axis), independently per row.
 
   The blog's "shuffle the pixels": each input keeps its values, so its
   marginal distribution is intact, but which feature carries which value is
   random. A 1-D input is one row. The permutations come from
   `row_permutations`.
+
+  Query `i` (the leading axis of an input with two or more axes) is shuffled
+  with its own key `fold_in(key, row_ids[i])` and nothing else, so a query's
+  shuffled input does not depend on which other queries share its array: a
+  held-out set shuffled in batches (with `row_ids` the queries' positions in
+  the whole set) gives the rows of the set shuffled at once, bit for bit.
+
+  Args:
+    key: a JAX PRNG key.
+    x: `[Q, ..., G]` inputs (or one `[G]` row).
+    row_ids: `[Q]` int, the global index of each query; default `arange(Q)`.
   """
   x = jnp.asarray(x)
   if x.ndim == 0 or x.shape[-1] <= 1:
     return x
-  return jnp.take_along_axis(x, row_permutations(key, x.shape), axis=-1)
+  if x.ndim == 1:
+    return jnp.take_along_axis(x, row_permutations(key, x.shape), axis=-1)
+  ids = jnp.arange(x.shape[0]) if row_ids is None else jnp.asarray(row_ids)
+  keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, ids)
+  perms = jax.vmap(lambda k: row_permutations(k, x.shape[1:]))(keys)
+  return jnp.take_along_axis(x, perms, axis=-1)
 
 
 def row_permutations(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -73,6 +89,11 @@ def permute_rows(key: jax.Array, x: jax.Array) -> jax.Array:
 _BUILTIN = {"shuffle_features": shuffle_features, "permute_rows": permute_rows}
 
 
+def is_rowwise(randomize) -> bool:
+  """Whether `randomize` randomises each query from its own key (streamable in batches)."""
+  return isinstance(randomize, str) and randomize == "shuffle_features"
+
+
 def _leaf_name(path) -> str:
   last = path[-1] if path else None
   for attr in ("key", "name", "idx"):
@@ -93,7 +114,9 @@ def resolve_randomizer(randomize="shuffle_features", *, leaves=None):
       the parts of one query's input travel together.
 
   Returns:
-    A function `(key, inputs) -> inputs` that keeps every leaf's shape.
+    A function `(key, inputs) -> inputs` that keeps every leaf's shape. A
+    built-in randomiser also takes `row_ids` (`[Q]` global query indices, see
+    `shuffle_features`; ``"permute_rows"`` mixes queries and ignores them).
   """
   if callable(randomize):
     if leaves is not None:
@@ -108,7 +131,7 @@ def resolve_randomizer(randomize="shuffle_features", *, leaves=None):
   wanted = None if leaves is None else {str(x) for x in ([leaves] if isinstance(leaves, str)
                                                           else leaves)}
 
-  def apply(key, inputs):
+  def apply(key, inputs, row_ids=None):
     flat, treedef = jax.tree_util.tree_flatten_with_path(inputs)
     names = [(_leaf_name(p), jax.tree_util.keystr(p)) for p, _ in flat]
     if wanted is not None:
@@ -120,7 +143,10 @@ def resolve_randomizer(randomize="shuffle_features", *, leaves=None):
     out = []
     for i, ((path, leaf), (name, full)) in enumerate(zip(flat, names)):
       if wanted is None or name in wanted or full in wanted:
-        out.append(fn(key if shared_key else jax.random.fold_in(key, i), leaf))
+        if shared_key:
+          out.append(fn(key, leaf))
+        else:
+          out.append(fn(jax.random.fold_in(key, i), leaf, row_ids=row_ids))
       else:
         out.append(leaf)
     return jax.tree_util.tree_unflatten(treedef, out)
