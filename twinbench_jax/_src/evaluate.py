@@ -1078,7 +1078,9 @@ def evaluate(
     normalize: per-cell normalisation before averaging: `None` (default: both
       files are taken to be in the same expression space as stored),
       ``"log1p"``, ``"log1p_cp10k"`` (log1p of counts per 10,000; for raw
-      counts) or ``"log1p_cpm"`` (per million).
+      counts) or ``"log1p_cpm"`` (per million). A file whose first cells hold
+      non-integer values is not raw counts: the report then carries a note
+      (values already log-normalised would be normalised twice).
     pred_normalize: normalisation of `adata_pred` when it differs
       (``"none"`` for none); default: `normalize`.
     genes: evaluate on these genes only (all must be shared).
@@ -1109,7 +1111,8 @@ def evaluate(
       shared ones; unpredicted real ones remain candidates).
     metric: similarity (``"sqeuclidean"``, ``"euclidean"``, ``"l1"``,
       ``"cosine"``, ``"pearson"``).
-    k: a query is correct when its truth ranks within the top `k`.
+    k: a query is correct when its truth ranks within the top `k`; must be
+      below the number of candidates (with `k >= C` every query is correct).
     ties: tie rule of the ranks (``"average"``, ``"optimistic"``, ``"pessimistic"``).
     null: ``"label"`` (exact label permutation, no model needed),
       ``"model"`` (rerun `predict_fn` on randomised `inputs`), or precomputed
@@ -1141,6 +1144,14 @@ def evaluate(
   Returns:
     A `Report`. Queries (rows of `per_perturbation`) come in the order the
     perturbations first appear in `adata_pred`; candidates are sorted.
+
+  Raises:
+    ValueError: naming the file, key or option, for unreadable or corrupt
+      data (0 cells, non-finite values, corrupt sparse row pointers or
+      categorical codes) and for settings under which the numbers would mean
+      nothing: fewer than 2 candidates, a single query under the label null,
+      `k >= C`, target genes that leave a perturbation no gene, or profiles
+      so large that the distances overflow the float type.
 
   Example:
     >>> report = tb.evaluate("pred.h5ad", "real.h5ad", normalize="log1p_cp10k")
