@@ -191,7 +191,7 @@ def fraction_called(pvalues: jax.Array, alpha: float = 0.05, *, adjust: str | No
   validation.check_scalar_range(alpha, "alpha", 0.0, 1.0)
   validation.check_range(p, "pvalues", 0.0, 1.0, nan_ok=True)
   called = benjamini_hochberg(p.reshape(-1)) if adjust == "bh" else p
-  frac = jnp.mean(called <= alpha)
+  frac = jnp.mean((called <= alpha).astype(jnp.promote_types(p.dtype, jnp.float32)))
   if validation.any_traced(p, alpha):
     alpha = jnp.asarray(alpha)
     invalid = (jnp.any(validation.out_of_range(p, 0.0, 1.0, nan_ok=True))

@@ -285,11 +285,16 @@ def top1_counts(scores: jax.Array, *, where: Optional[jax.Array] = None) -> jax.
   Args:
     scores: `[Q, C]` similarities.
     where: optional `[Q]` boolean mask of the queries to count.
+
+  Returns:
+    `[C]` counts in the dtype of `scores`, at least float32. There is no
+    value to check (NaN scores count as -inf), so they never hold NaN.
   """
   s = validation.as_float_array(scores, "scores", ndim=2)
+  dtype = jnp.promote_types(s.dtype, jnp.float32)  # counts in at least float32
   s = validation.nan_to_neg_inf(s)
   top = s == jnp.max(s, axis=1, keepdims=True)
-  share = top / jnp.sum(top, axis=1, keepdims=True)
+  share = (top / jnp.sum(top, axis=1, keepdims=True)).astype(dtype)
   if where is not None:
     share = jnp.where(jnp.asarray(where)[:, None], share, 0.0)
   return jnp.sum(share, axis=0)
