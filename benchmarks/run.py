@@ -7,6 +7,9 @@ Runs, in this order (each part can be skipped with ``--skip``):
   `bench_evaluate.py` (null engine, differentiable AUC-F1, end-to-end
   `evaluate`), each run as its own process; a script that is not there is
   reported as skipped;
+- ``soft_training``: `bench_soft_training.py`, the training study of the soft
+  AUC-F1 against standard ranking losses (its own page `soft_training.md`;
+  about half an hour with ``--full``);
 - ``scaling``: Q = C and B scaling curves with fitted growth exponents, 1/2/4
   simulated CPU devices, a GPU run when there is a GPU (`bench_scaling.py`);
 - ``cell_eval``: the side by side with cell-eval (`bench_cell_eval.py`),
@@ -36,10 +39,12 @@ import time
 
 from benchmarks import _common
 
-PARTS = ("core", "null", "soft", "evaluate", "scaling", "cell_eval")
+PARTS = ("core", "null", "soft", "evaluate", "soft_training", "scaling", "cell_eval")
 SCRIPTS = {"core": "bench_core", "null": "bench_null", "soft": "bench_soft",
-           "evaluate": "bench_evaluate"}
+           "evaluate": "bench_evaluate", "soft_training": "bench_soft_training"}
 SCRIPT_TIMEOUT = {"tiny": 240, "quick": 300, "full": 1200}
+# parts that need longer than SCRIPT_TIMEOUT at some size
+PART_TIMEOUT = {("soft_training", "full"): 3600, ("soft_training", "quick"): 600}
 CELL_EVAL_PAIRS = {"tiny": ["synthetic_30"], "quick": ["synthetic_200"],
                    "full": ["synthetic_200", "synthetic_1000", "papalexi"]}
 CELL_EVAL_SIZES = {"tiny": dict(n_genes=200, cells=20), "quick": {}, "full": {}}
@@ -73,7 +78,8 @@ def run_script(part: str, mode: str, log) -> dict:
     return dict(skipped=f"benchmarks/{module}.py not present")
   cmd = [sys.executable, "-m", f"benchmarks.{module}"] + ([] if mode == "full" else ["--quick"])
   log(f"{part}: python -m benchmarks.{module} {' '.join(cmd[3:])} ...")
-  res = _common.run_measured(cmd, timeout=SCRIPT_TIMEOUT[mode],
+  timeout = PART_TIMEOUT.get((part, mode), SCRIPT_TIMEOUT[mode])
+  res = _common.run_measured(cmd, timeout=timeout,
                              env={"PYTHONPATH": _common.REPO + os.pathsep +
                                   os.environ.get("PYTHONPATH", "")})
   out = dict(command=f"python -m benchmarks.{module} {' '.join(cmd[3:])}".strip(),
@@ -81,7 +87,7 @@ def run_script(part: str, mode: str, log) -> dict:
              returncode=res["returncode"], stdout=res["stdout"],
              tables=parse_markdown_tables(res["stdout"]))
   if res["timed_out"]:
-    out["error"] = f"timed out after {SCRIPT_TIMEOUT[mode]} s"
+    out["error"] = f"timed out after {timeout} s"
   elif res["returncode"] != 0:
     out["error"] = "\n".join(res["stderr"].strip().splitlines()[-8:])
   if "error" in out:
@@ -184,8 +190,9 @@ def write_report(results: dict, out_dir: str) -> str:
             _common.md_table(["what", "result", "condition"], headline(results)), ""]
   titles = dict(core="Core pipeline (`bench_core.py`)", null="Null engine (`bench_null.py`)",
                 soft="Differentiable AUC-F1 (`bench_soft.py`)",
-                evaluate="End-to-end `evaluate` (`bench_evaluate.py`)")
-  for part in ("core", "null", "soft", "evaluate"):
+                evaluate="End-to-end `evaluate` (`bench_evaluate.py`)",
+                soft_training="Training with the soft AUC-F1 (`bench_soft_training.py`)")
+  for part in ("core", "null", "soft", "evaluate", "soft_training"):
     if part in results:
       lines.append(_script_section(titles[part], results[part]))
   if "scaling" in results:
@@ -271,7 +278,7 @@ def main(argv=None) -> int:
       results = dict(kept, reruns=reruns)
       for part in only:
         results.pop(part, None)
-  for part in ("core", "null", "soft", "evaluate"):
+  for part in ("core", "null", "soft", "evaluate", "soft_training"):
     if part not in skip:
       results[part] = run_script(part, mode, log)
   if "scaling" not in skip:

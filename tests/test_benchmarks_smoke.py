@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
-from benchmarks import cell_eval_compat, datasets, run  # noqa: E402
+from benchmarks import bench_soft_training, cell_eval_compat, datasets, run  # noqa: E402
+from benchmarks.soft_training_tasks import Split  # noqa: E402
 
 HAS_CELL_EVAL = importlib.util.find_spec("cell_eval") is not None
 
@@ -81,7 +82,7 @@ def test_runner_tiny(tmp_path):
   # The other scripts (null engine, soft score, evaluate) have their own --quick
   # sizes; the runner's handling of them is the same code path as bench_core's.
   code = run.main(["--tiny", "--out", str(out), "--cache", str(tmp_path / "cache"),
-                   "--skip", "null,soft,evaluate"])
+                   "--skip", "null,soft,evaluate,soft_training"])
   assert code == 0
   results = json.loads((out / "benchmarks.json").read_text())
   assert results["mode"] == "tiny"
@@ -102,3 +103,42 @@ def test_runner_tiny(tmp_path):
   text = (out / "benchmarks.md").read_text()
   assert "## Headline" in text and "## Scaling" in text
   assert (out / "benchmark_scaling.png").is_file()
+
+
+def test_soft_training_null_is_model_null():
+  """The study's in-jit exact null gives `tb.model_null`'s p-values and AUC-F1."""
+  import jax
+  import jax.numpy as jnp
+
+  import twinbench_jax as tb
+
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(20, 6)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(6, 30)), jnp.float32)
+  y = x @ w + jnp.asarray(2.0 * rng.normal(size=(20, 30)), jnp.float32)
+  params = {"w": 0.5 * w, "b": jnp.zeros(30)}
+  key = jax.random.key(3)
+  ours = bench_soft_training.evaluate_split(params, Split(x, y), key)
+  res = tb.model_null(lambda i: bench_soft_training.predict(params, i), x, y, key=key,
+                      n_null=bench_soft_training.N_NULL_EVAL, progress=False)
+  assert float(ours["hard_auc_f1"]) == float(res.auc_f1().auc) > 0
+  np.testing.assert_allclose(ours["hit1"], np.mean(np.asarray(res.ranks()) <= 1))
+  # a model that ignores its input: exact ties with every replicate, AUC-F1 = 0
+  flat = bench_soft_training.evaluate_split({"w": 0.0 * w, "b": y.mean(0)}, Split(x, y), key)
+  assert float(flat["hard_auc_f1"]) == 0.0
+
+
+def test_soft_training_tiny(tmp_path):
+  """The study end to end at the tiniest size: page, figure, JSON, finite curves."""
+  code = bench_soft_training.main(["--tiny", "--out", str(tmp_path), "--tasks", "toy",
+                                   "--losses", "soft_auc_f1"])
+  assert code == 0
+  text = (tmp_path / "soft_training.md").read_text()
+  assert "## Task `toy`" in text and "+ soft AUC-F1" in text and "## Goal of issue 14" in text
+  assert (tmp_path / "soft_training_toy.png").is_file()
+  summary = json.loads((tmp_path / "soft_training.json").read_text())
+  losses = summary["tasks"]["toy"]["losses"]
+  assert set(losses) == {"mse", "soft_auc_f1"}
+  for res in losses.values():
+    assert len(res["test_auc_f1"]) == 2 and np.all(np.isfinite(res["test_mse"]))
+    assert all(0.0 <= v < 1.0 for v in res["test_auc_f1"])
