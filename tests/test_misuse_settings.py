@@ -233,3 +233,28 @@ def test_target_genes_that_leave_no_gene_are_refused(counts_pair):
   report = tb.evaluate(pred, real, genes=["g0", "g1"], target_genes={"p3": "g1"},
                        baselines=())
   assert report.per_perturbation.set_index("perturbation").loc["p3", "excluded_genes"] == "g1"
+
+
+# ----------------------------------------------------------------------------- argument values
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, 2**64, True])
+def test_a_seed_numpy_or_jax_cannot_take_is_refused_naming_seed(counts_pair, seed):
+  # -1 used to surface as numpy's "expected non-negative integer"; 1.5 was truncated to 1.
+  real, pred, _ = counts_pair
+  with pytest.raises(ValueError, match=rf"`seed` must be an integer in \[0, 2\*\*63\), got "
+                     rf"{seed!r}"):
+    tb.evaluate(pred, real, seed=seed)
+  with pytest.raises(ValueError, match=r"`seed` must be an integer"):
+    tb.split_half(real, seed=seed)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"k": True}, r"`k` must be an integer >= 1, got True"),
+    ({"n_top_genes": 2.5}, r"`n_top_genes` must be an integer >= 1, got 2.5"),
+    ({"n_top_genes": True}, r"`n_top_genes` must be an integer >= 1, got True"),
+])
+def test_booleans_and_fractions_for_counts_are_refused(counts_pair, kwargs, message):
+  real, pred, _ = counts_pair
+  with pytest.raises(ValueError, match=message):
+    tb.evaluate(pred, real, **kwargs)

@@ -36,6 +36,14 @@ def check_baselines(baselines) -> tuple[str, ...]:
   return tuple(dict.fromkeys(names))
 
 
+def check_seed(seed) -> int:
+  """A seed as an int in [0, 2^63) (numpy's and JAX's seeds); an error names `seed` otherwise."""
+  if (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0
+      or seed >= 2**63):
+    raise ValueError(f"`seed` must be an integer in [0, 2**63), got {seed!r}")
+  return int(seed)
+
+
 def split_halves(codes: np.ndarray, *, seed: int = 0) -> np.ndarray:
   """Assigns every cell to half 0 ("predicting") or 1 ("held out") within its group.
 
@@ -92,6 +100,7 @@ def split_half(
     `(predicting, held_out)` `Pseudobulk`s. Perturbations with fewer than 2
     cells are missing from `predicting` and keep their cell in `held_out`.
   """
+  seed = check_seed(seed)
   owned = isinstance(adata, (str, os.PathLike))
   src = profiles_lib.open_source(adata, "adata")
   try:

@@ -1163,8 +1163,9 @@ def evaluate(
     raise ValueError(f"unknown `metric` {metric!r}; choose one of {similarity_lib.METRICS}")
   if ties not in ranking.TIES:
     raise ValueError(f"unknown `ties` {ties!r}; choose one of {ranking.TIES}")
-  if not isinstance(k, (int, np.integer)) or k < 1:
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
     raise ValueError(f"`k` must be an integer >= 1, got {k!r}")
+  seed = baselines_lib.check_seed(seed)
   norm_real = profiles_lib.check_normalize(normalize)
   norm_pred = (norm_real if pred_normalize is None
                else profiles_lib.check_normalize(pred_normalize, "pred_normalize"))
@@ -1176,8 +1177,9 @@ def evaluate(
   if isinstance(genes, str):  # iterating would give its letters
     raise TypeError(f"`genes` must be a list of gene names, got the string {genes!r}; pass "
                     f"[{genes!r}] for one gene")
-  if n_top_genes is not None and n_top_genes < 1:
-    raise ValueError(f"`n_top_genes` must be >= 1, got {n_top_genes}")
+  if n_top_genes is not None and (isinstance(n_top_genes, bool) or not isinstance(
+      n_top_genes, (int, np.integer)) or n_top_genes < 1):
+    raise ValueError(f"`n_top_genes` must be an integer >= 1, got {n_top_genes!r}")
   if unmatched not in profiles_lib.UNMATCHED:
     raise ValueError(f"unknown `unmatched` {unmatched!r}; choose one of {profiles_lib.UNMATCHED}")
   target_spec = _check_target_genes(target_genes)
@@ -1385,10 +1387,10 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
 
   # --- baselines (label null).
   scored = {}
-  if n_q < 2 and any(b != "split_half" for b in baselines):
+  if n_q < 2 and any(name != "split_half" for name in baselines):
     notes.append("the mean and control baselines are skipped: their label null needs at least "
                  "2 queries")
-    baselines = tuple(b for b in baselines if b == "split_half")
+    baselines = tuple(name for name in baselines if name == "split_half")
   for name in baselines:
     if name in ("mean", "control"):
       profile = (baselines_lib.mean_profile(cand_profiles) if name == "mean" else control_real)
