@@ -1,32 +1,28 @@
 """Smooth transformations of the AUC-F1 pipeline: soft ranks, soft p-values, soft F1 (SPEC §5).
 
-Every hard step of SPEC §2–4 gets a sigmoid counterpart with its own
+Every hard step of SPEC §2–4 gets a smooth counterpart with its own
 temperature; as every temperature goes to 0 each step converges to the hard
 one, and `soft_auc_f1` to `tb.auc_f1(...).auc`:
 
-- rank: `r̃_q = 1 + Σ_{c∉rel} σ((s_qc - s_qc*) / τ_rank)` → `truth_ranks`;
+- rank: `r̃_q = 1 + Σ_{c∉rel} S((s_qc - s_qc*) / (6 τ_rank))` → `truth_ranks`,
+  with `S` a C¹ cubic step (0 below -1, 1 above 1, 1/2 at a tie);
 - hit: `σ((k + 1/2 - r̃_q) / τ_hit)` → `r_q <= k`; τ_hit in ranks;
-- p-value: `p̃_q = (1 + Σ_b e_b) / (B+1)`, `e_b = σ((m^b - m)/τ_p)` →
-  `empirical_pvalues`; an exact tie `m^b = m` counts `e_b = 1` like the
-  hard `>=` (with the sigmoid's slope as its gradient), so a model that
-  ignores its input scores exactly 0;
-- call: `σ((α - p̃_q + h/2) / (τ_α h))` with `h = 1/(B+1)` → `p_q <= α`;
-  τ_α in p-value steps `h`;
+- p-value: `p̃_q = (1 + Σ_b σ((m^b - m)/τ_p)) / (B+1)` → `empirical_pvalues`;
+  an exact tie `m^b = m` counts 1 like the hard `>=` (with the sigmoid's slope
+  as its gradient), so a model that ignores its input scores exactly 0;
+- call: a linear ramp from 1 to 0 over `p ∈ α + h/2 ± τ_α h`, `h = 1/(B+1)`;
 - area: the exact step integral over the soft p-values sorted by a hard
-  argsort, with the soft F1 at each breakpoint.
+  argsort, with the soft F1 at each breakpoint, summed with prefix sums.
 
 **Local temperatures** (``relative=True``, the default): τ_rank of query `q`
-is a fraction of the *local gap* around its truth, the mean distance from the
-truth's score to its `LOCAL_NEIGHBOURS` nearest non-relevant scores; τ_p of
-query `q` a fraction of the mean distance from `m_q` to its nearest null
-scores. At the default 0.1 a truth ranked first gets a soft rank close to 1
-however crowded the scores, and the soft AUC-F1 stays within about 0.01 of
-the hard one (measured in ``docs/soft_relaxation.md``). The gaps are under
-`jax.lax.stop_gradient` (a constant temperature per step) and a zero gap
-falls back to the global spread, then to 1. ``relative="global"`` gives the
-former units (the score spread over all candidates), ``relative=False``
-score units. Cost: `O(Q·C + B·Q)` memory; the area is evaluated in blocks of
-`alpha_chunk` breakpoints.
+is a fraction of the *local gap* around its truth (the mean distance to the
+nearest non-relevant score above and below it), τ_p of query `q` a fraction
+of the local gap around `m_q` among its null scores. At the default 0.1 the
+soft AUC-F1 stays within about 0.01 of the hard one (measured in
+``docs/soft_relaxation.md``). The gaps are under `jax.lax.stop_gradient`.
+``relative="global"`` gives the former units (spreads over all scores),
+``relative=False`` score units. Cost: value and gradient in `O(Q·C + B·Q)`
+time and memory, plus an `O(Q log Q)` sort.
 """
 
 from __future__ import annotations
@@ -41,9 +37,9 @@ import numpy as np
 from twinbench_jax._src import validation
 
 DEFAULT_TEMPERATURE = 0.1
-# Neighbours whose mean distance to the truth's score (to a query's observed own
-# score) sets the local unit of τ_rank (of τ_p); see docs/soft_relaxation.md.
-LOCAL_NEIGHBOURS = 4
+# The soft rank's cubic step reaches 0 and 1 at ±RANK_SUPPORT·τ_rank, where the
+# logistic σ(d/τ) is within σ(-6) = 0.25% of the step (docs/soft_relaxation.md).
+RANK_SUPPORT = 6.0
 # Breakpoints whose soft F1 is computed at once in the sorted-step area.
 DEFAULT_ALPHA_CHUNK = 1024
 
@@ -144,13 +140,19 @@ def _mode(relative):
   return "local" if relative is True else (relative or None)
 
 
-def _local_gap(d, valid, n):
-  """`[R]`: mean of the `n` smallest `|d|` over the valid entries of each row of `d` `[R, N]`."""
-  a = jnp.where(valid, jnp.abs(d), jnp.inf)
-  near = -jax.lax.top_k(-a, min(n, a.shape[1]))[0]
-  finite = jnp.isfinite(near)
-  total = jnp.sum(jnp.where(finite, near, 0.0), axis=1)
-  return jax.lax.stop_gradient(total / jnp.maximum(jnp.sum(finite, axis=1), 1))
+def _local_gap(d, valid, axis=1):
+  """Local gap along `axis` of `d` (differences to a reference value).
+
+  The mean of the smallest positive `d` and the smallest `|d|` among `d <= 0`
+  over the valid entries (one of them when the other side is empty; 0 when
+  both are): the distance to the nearest neighbour above and below, two
+  reductions (a top-k selection costs 10x more on CPU)."""
+  d = jax.lax.stop_gradient(d)
+  above = jnp.min(jnp.where(valid & (d > 0), d, jnp.inf), axis=axis)
+  below = jnp.min(jnp.where(valid & (d <= 0), -d, jnp.inf), axis=axis)
+  has_above, has_below = jnp.isfinite(above), jnp.isfinite(below)
+  total = jnp.where(has_above, above, 0.0) + jnp.where(has_below, below, 0.0)
+  return total / jnp.maximum(has_above.astype(d.dtype) + has_below, 1.0)
 
 
 def _rank_unit(s, rel, relative):
@@ -158,12 +160,20 @@ def _rank_unit(s, rel, relative):
   mode = _mode(relative)
   if mode is None:
     return jnp.ones((), s.dtype)
-  spread = _score_spread(s)
   if mode == "global":
-    return spread
+    return _score_spread(s)
   best = jnp.max(jnp.where(rel, s, -jnp.inf), axis=1, keepdims=True)
-  gap = _local_gap(s - best, ~rel, LOCAL_NEIGHBOURS)
-  return jnp.where(gap > 0, gap, spread)[:, None]
+  gap = _local_gap(s - best, ~rel)
+  # a truth tied with its nearest neighbours: the mean positive gap (O(Q), no [Q, C] pass)
+  return _fill_zero_gaps(gap, jnp.ones((), s.dtype))[:, None]
+
+
+def _fill_zero_gaps(gap, fallback):
+  """Zero gaps replaced by the mean positive gap, or by `fallback` when there is none."""
+  positive = gap > 0
+  n = jnp.sum(positive)
+  mean = jnp.sum(jnp.where(positive, gap, 0.0)) / jnp.maximum(n, 1)
+  return jnp.where(positive, gap, jnp.where(n > 0, mean, fallback))
 
 
 def own_score_spread(own_scores: jax.Array, null_own_scores: jax.Array) -> jax.Array:
@@ -191,8 +201,8 @@ def _p_unit(m, mb, relative):
   spread = _own_score_spread(m, mb)
   if mode == "global":
     return spread
-  d = (mb - m[None]).reshape(mb.shape[0], -1).T  # [N, B]
-  gap = _local_gap(d, jnp.ones(d.shape, bool), LOCAL_NEIGHBOURS).reshape(m.shape)
+  gap = _local_gap(mb - m[None], True, axis=0)
+  # every replicate tied (a model that ignores its input): the pooled spread
   return jnp.where(gap > 0, gap, spread)
 
 
@@ -203,15 +213,18 @@ def soft_truth_ranks(scores: jax.Array, relevance: jax.Array, *,
 
   .. math::
      \tilde r_q = 1 + \sum_{c \notin \mathrm{rel}_q}
-                      \sigma\!\left(\frac{s_{qc} - s_{qc^*}}{\tau}\right),
+                      S\!\left(\frac{s_{qc} - s_{qc^*}}{6 \tau_q}\right),
      \qquad \tau_q = \tau_{rank} \cdot g_q
 
-  with :math:`c^*` the best-scored relevant candidate and :math:`g_q` the local
-  gap: the mean of :math:`|s_{qc} - s_{qc^*}|` over the `LOCAL_NEIGHBOURS`
-  non-relevant candidates nearest the truth (under `stop_gradient`). An exact
-  tie counts 1/2, as in ``ties="average"``; as τ → 0 this is
-  `tb.truth_ranks(scores, relevance)`. O(Q·C): only the truth's rank is
-  needed, not a soft sort of every candidate.
+  with :math:`c^*` the best-scored relevant candidate, :math:`S` the C¹ cubic
+  step (`S(x) = 0` for `x <= -1`, 1 for `x >= 1`, `t²(3 - 2t)` with
+  `t = (x + 1)/2` between: within 0.25% of the logistic `σ(d/τ)` and free of
+  transcendentals) and :math:`g_q` the local gap: the mean distance from the
+  truth's score to the nearest non-relevant score above and below it (under
+  `stop_gradient`). An exact tie counts 1/2, as in ``ties="average"``; as
+  τ → 0 this is `tb.truth_ranks(scores, relevance)`. O(Q·C): only the
+  truth's rank is needed, not a soft sort of every candidate. A query gets a
+  rank gradient from the candidates within `6 τ_q` of its truth.
 
   Args:
     scores: `[Q, C]` similarities, larger = closer (finite).
@@ -240,11 +253,17 @@ def _soft_truth_ranks(s, rel, tau, *, relative):
   return _soft_truth_ranks_in(s, rel, tau * _rank_unit(s, rel, relative))
 
 
+def _smooth_step(x):
+  """C¹ cubic step: 0 for x <= -1, 1 for x >= 1, 1/2 at 0; no transcendental to evaluate."""
+  t = jnp.clip(0.5 * x + 0.5, 0.0, 1.0)
+  return t * t * (3.0 - 2.0 * t)
+
+
 def _soft_truth_ranks_in(s, rel, tau):
   """Soft ranks at a temperature `tau` in score units (scalar or `[Q, 1]`)."""
   best = jnp.max(jnp.where(rel, s, -jnp.inf), axis=1, keepdims=True)
-  z = jnp.where(rel, 0.0, (s - best) / tau)  # relevant entries masked before the sigmoid
-  return 1.0 + jnp.sum(jnp.where(rel, 0.0, jax.nn.sigmoid(z)), axis=1)
+  z = jnp.where(rel, 0.0, (s - best) / (RANK_SUPPORT * tau))  # relevant entries masked first
+  return 1.0 + jnp.sum(jnp.where(rel, 0.0, _smooth_step(z)), axis=1)
 
 
 def soft_hit_at_k(ranks: jax.Array, k: float = 1, *,
@@ -278,8 +297,8 @@ def soft_empirical_pvalues(scores: jax.Array, null_scores: jax.Array, *,
      \tilde p = \frac{1 + \sum_b \sigma\!\left(\frac{m^b - m}{\tau}\right)}{B + 1},
      \qquad \tau = \tau_p \cdot g
 
-  with :math:`g` the local gap: the mean distance from `m` to its
-  `LOCAL_NEIGHBOURS` nearest null scores (under `stop_gradient`). An exact
+  with :math:`g` the local gap: the mean distance from `m` to its nearest
+  null score above and below (under `stop_gradient`). An exact
   tie `m^b = m` counts 1, as the hard `>=` does (a plain sigmoid would count
   1/2), with the sigmoid's slope as its gradient: a model that ignores its
   input ties every replicate and gets `p = 1` exactly, and still a gradient
@@ -324,10 +343,13 @@ def _soft_pvalues_in(m, mb, tau):
 
 def soft_called(pvalues: jax.Array, alpha: Any, *, n_null: int,
                 temperature: Any = DEFAULT_TEMPERATURE) -> jax.Array:
-  r"""Soft `1[p <= α]`: :math:`\sigma((\alpha - \tilde p + h/2) / (\tau_\alpha h))`, `h = 1/(B+1)`.
+  r"""Soft `1[p <= α]`: a linear ramp from 1 to 0 over `p ∈ α + h/2 ± τ_α h`, `h = 1/(B+1)`.
 
+  :math:`\mathrm{clip}((\alpha + h/2 - \tilde p) / (2 \tau_\alpha h) + 1/2, 0, 1)`.
   The half-step shift `h/2` counts a p-value that sits exactly at α as called
-  (the hard `<=`) while still rejecting the next p-value on the grid, `h` above.
+  (the hard `<=`) while still rejecting the next p-value on the grid, `h` above;
+  with τ_α < 1/2 both are exact. Piecewise linear, so that the sorted-step area
+  sums the calls of all breakpoints with prefix sums in `O(Q log Q)`.
 
   Args:
     pvalues: (soft) p-values, any shape.
@@ -337,7 +359,7 @@ def soft_called(pvalues: jax.Array, alpha: Any, *, n_null: int,
     temperature: τ_α in units of `h`.
 
   Returns:
-    Values in (0, 1) of the broadcast shape.
+    Values in [0, 1] of the broadcast shape.
   """
   p = validation.as_float_array(pvalues, "pvalues")
   _check_n_null(n_null)
@@ -346,7 +368,7 @@ def soft_called(pvalues: jax.Array, alpha: Any, *, n_null: int,
 
 
 def _soft_called(p, alpha, h, tau):
-  return jax.nn.sigmoid((alpha - p + 0.5 * h) / (tau * h))
+  return jnp.clip((alpha + 0.5 * h - p) / (2.0 * tau * h) + 0.5, 0.0, 1.0)
 
 
 def soft_f1_curve(alphas: jax.Array, pvalues: jax.Array, hits: jax.Array, *, n_null: int,
@@ -444,8 +466,8 @@ def soft_auc_f1(scores: jax.Array, relevance: jax.Array, own_scores: jax.Array,
     alpha_grid: `None` (default) for the sorted-step area; an integer `n` for
       the midpoint rule on the fixed grid `α_i = (i + 1/2)/n` instead (does not
       converge to the exact area; for comparison).
-    alpha_chunk: breakpoints whose F1 is evaluated at a time (memory
-      `alpha_chunk · Q`).
+    alpha_chunk: with `alpha_grid`, grid levels whose F1 is evaluated at a time
+      (memory `alpha_chunk · Q`); the sorted-step area needs no chunks.
 
   Returns:
     A scalar in `[0, 1)`. Under `jit`, NaN when a query has no relevant
@@ -513,10 +535,34 @@ def _soft_auc_f1_in_units(s, rel, m, mb, temps, k, rank_unit, p_unit, *, alpha_g
   if alpha_grid is not None:
     grid = (jnp.arange(alpha_grid, dtype=p.dtype) + 0.5) / alpha_grid
     return jnp.mean(_soft_f1_curve(grid, p, hits, h, temps.alpha, alpha_chunk))
-  # Hard order, soft values: the breakpoints move with the p-values.
-  a = p[jnp.argsort(jax.lax.stop_gradient(p))]
+  return _sorted_step_area(p, hits, h, temps.alpha)
+
+
+def _sorted_step_area(p, hits, h, tau):
+  """`Σ_j F̃1(a_j)(a_{j+1} - a_j)` over the sorted soft p-values `a`, in `O(Q log Q)`.
+
+  Hard order, soft values: the breakpoints move with the p-values. The ramp
+  call of breakpoint `a_j` is 1 below `lo_j = a_j + h/2 - τh`, 0 above
+  `hi_j = lo_j + 2τh` and `(hi_j - p)/(2τh)` between, so its sums over the
+  queries are prefix sums of `1`, `x`, `p` and `p·x` (x = hits) in sorted order
+  between two `searchsorted` positions: the same values as the dense `[Q, Q]`
+  calls of `soft_f1_curve`.
+  """
+  order = jnp.argsort(jax.lax.stop_gradient(p))
+  a, x = p[order], hits[order]
   width = jnp.concatenate([a[1:], jnp.ones((1,), a.dtype)]) - a
-  f1 = _soft_f1_curve(a, p, hits, h, temps.alpha, alpha_chunk)
+  prefix = lambda v: jnp.concatenate([jnp.zeros((1,), v.dtype), jnp.cumsum(v)])
+  ones, px = prefix(jnp.ones_like(a)), prefix(a * x)
+  xs, ps = prefix(x), prefix(a)
+  lo, hi = a + (0.5 - tau) * h, a + (0.5 + tau) * h
+  a_const = jax.lax.stop_gradient(a)
+  i_lo = jnp.searchsorted(a_const, jax.lax.stop_gradient(lo), side="right")
+  i_hi = jnp.maximum(jnp.searchsorted(a_const, jax.lax.stop_gradient(hi), side="left"), i_lo)
+
+  def called_sum(c, cp):  # Σ_q call_jq v_q, from prefix sums c of v and cp of p·v
+    return c[i_lo] + (hi * (c[i_hi] - c[i_lo]) - (cp[i_hi] - cp[i_lo])) / (2.0 * tau * h)
+
+  f1 = 2.0 * called_sum(xs, px) / (called_sum(ones, ps) + p.shape[0])
   return jnp.sum(f1 * width)
 
 
