@@ -82,7 +82,7 @@ def test_runner_tiny(tmp_path):
   # The other scripts (null engine, soft score, evaluate) have their own --quick
   # sizes; the runner's handling of them is the same code path as bench_core's.
   code = run.main(["--tiny", "--out", str(out), "--cache", str(tmp_path / "cache"),
-                   "--skip", "null,soft,evaluate,soft_training"])
+                   "--skip", "null,soft,soft_tracking,evaluate,soft_training"])
   assert code == 0
   results = json.loads((out / "benchmarks.json").read_text())
   assert results["mode"] == "tiny"
