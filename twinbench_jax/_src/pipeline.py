@@ -113,8 +113,8 @@ def evaluate_arrays(
     raise ValueError(f"unknown `ties` {ties!r}; choose one of {ranking.TIES}")
   if k < 1:
     raise ValueError(f"`k` must be >= 1, got {k}")
-  res, bad = _evaluate_arrays(x, y, rel, metric=metric, k=k, ties=ties, single=single)
-  if not validation.any_traced(x, y) and bool(jnp.any(bad)):
+  res, any_bad = _evaluate_arrays(x, y, rel, metric=metric, k=k, ties=ties, single=single)
+  if not validation.any_traced(x, y) and bool(any_bad):
     # One NaN policy with `tb.label_null`: a non-finite profile is refused, not ranked
     # last. The kernel's fused flag spares a host copy of the inputs when all is well.
     validation.check_no_nan(x, "predictions")
@@ -123,7 +123,7 @@ def evaluate_arrays(
 
 
 def _poisoned(res: ArrayEvaluation, x, y, rel):
-  """`(res poisoned, [Q] invalid)`: the traced counterpart of the value checks.
+  """`(res poisoned, any query invalid)`: the traced counterpart of the value checks.
 
   A query is invalid when its prediction is not finite or it has no relevant
   candidate; every query is when a reference is not finite.
@@ -131,18 +131,20 @@ def _poisoned(res: ArrayEvaluation, x, y, rel):
   bad = ~jnp.all(jnp.isfinite(x), axis=1) | ~jnp.all(jnp.isfinite(y))
   if rel is not None:
     bad = bad | ~jnp.any(rel, axis=1)
+  any_bad = jnp.any(bad)
   per_query = validation.poison((res.ranks, res.own_scores, res.pvalues), bad)
   summary = validation.poison(
       (res.curve, res.auc_f1, res.hit_at_k, res.mrr, res.mean_rank, res.normalized_rank),
-      jnp.any(bad))
-  return ArrayEvaluation(*per_query, res.correct & ~bad, *summary), bad
+      any_bad)
+  return ArrayEvaluation(*per_query, res.correct & ~bad, *summary), any_bad
 
 
 @functools.partial(jax.jit, static_argnames=("metric", "k", "ties", "single"))
 def _evaluate_arrays(x, y, rel, *, metric, k, ties, single=None):
   """The jitted pipeline; `rel` may be None when `single` is ``"identity"``.
 
-  Returns `(ArrayEvaluation, [Q] bool invalid)`; invalid queries are poisoned (NaN).
+  Returns `(ArrayEvaluation, scalar bool: some query is invalid)`; invalid
+  queries are poisoned (NaN).
   """
   # similarities in the input precision; ranks and counts in at least float32
   s = validation.at_least_float32(similarity_lib._similarity(x, y, metric=metric))
