@@ -401,15 +401,16 @@ _CHILD = textwrap.dedent("""
     import pathlib, sys, time
     from twinbench_jax import cli
 
-    write_h5ad = cli._write_h5ad
+    write_h5ad, ready = cli._write_h5ad, pathlib.Path(sys.argv[1])
 
     def write_then_stall(path, *args, **kw):  # the demo has started writing its files
       write_h5ad(path, *args, **kw)
-      pathlib.Path(sys.argv[1]).write_text("writing")
+      ready.write_text("writing")
       time.sleep(300)
 
     cli._write_h5ad = write_then_stall
-    sys.exit(cli.main(sys.argv[2:]))
+    sys.argv = ["twinbench", *sys.argv[2:]]
+    sys.exit(cli.main())  # as the installed command: argv None
 """)
 
 

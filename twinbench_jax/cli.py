@@ -565,6 +565,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   0 on success, 2 on bad input (one line on stderr), 130 on SIGINT (Ctrl-C)
   and 143 on SIGTERM: an interrupted run removes its staging folder, leaves
   the output folder as it was and prints one line, no traceback.
+
+  Args:
+    argv: the arguments; None (the `twinbench` command, `python -m
+      twinbench_jax`) reads `sys.argv` and ends an interrupted run at once
+      with `os._exit` once its files are cleaned up: tearing JAX down while
+      a compile is still running on its threads can crash the interpreter.
   """
   parser = build_parser()
   try:
@@ -581,9 +587,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       print(f"twinbench {args.command}: error: {_one_line(e)}", file=sys.stderr)
       return 2
     except output_dir.Interrupted as e:
-      return _interrupted(args, e.signum, e.replaced)
+      code = _interrupted(args, e.signum, e.replaced)
     except KeyboardInterrupt:
-      return _interrupted(args, signal.SIGINT)
-    if received:  # swallowed on the way (raised inside a finaliser, say) after the output
-      return _interrupted(args, received[0], replaced=True)
-    return code
+      code = _interrupted(args, signal.SIGINT)
+    else:
+      if not received:
+        return code
+      # Swallowed on the way (raised inside a finaliser, say) after the output was replaced.
+      code = _interrupted(args, received[0], replaced=True)
+  if argv is None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  return code

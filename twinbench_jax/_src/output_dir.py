@@ -436,6 +436,12 @@ def _make_parents(real: str) -> list[str]:
   return created
 
 
+def _remove_folders(created: list[str]) -> None:
+  for p in reversed(created):
+    with contextlib.suppress(OSError):
+      os.rmdir(p)  # only while still empty
+
+
 def _new_staging(real: str) -> str:
   staging = tempfile.mkdtemp(prefix=f".{os.path.basename(real)}.tmp-", dir=os.path.dirname(real))
   umask = os.umask(0o022)
@@ -475,7 +481,11 @@ def staged(directory):
   real, _ = check(directory)
   with _signals_deferred():
     created = _make_parents(real)
-    staging = _new_staging(real)
+    try:
+      staging = _new_staging(real)
+    except BaseException:
+      _remove_folders(created)
+      raise
   committed = False
   try:
     yield staging
@@ -493,6 +503,4 @@ def staged(directory):
     if not committed:
       with _signals_deferred():
         shutil.rmtree(staging, ignore_errors=True)
-        for p in reversed(created):
-          with contextlib.suppress(OSError):
-            os.rmdir(p)
+        _remove_folders(created)
