@@ -304,12 +304,21 @@ def test_file_appearing_after_the_last_check_is_kept_not_deleted(inputs, tmp_pat
     return swap(staging, real)
 
   monkeypatch.setattr(output_dir, "_swap", intrude_then_swap)
-  with pytest.warns(UserWarning, match="previous one was kept in"):
-    code, _, stderr = _run(_evaluate_argv(inputs, out, "--name", "new"), capsys)
+  code, _, stderr = _run(_evaluate_argv(inputs, out, "--name", "new"), capsys)
   assert code == 0, stderr
   assert sorted(os.listdir(out)) == sorted([MANIFEST, *REPORT_SET])
   kept = _leftovers(tmp_path)
   assert len(kept) == 1 and _snapshot(tmp_path / kept[0]) == {"late.txt": b"keep me"}
+  assert stderr == (f"twinbench evaluate: warning: the new output is complete, but the previous "
+                    f"one was kept in {str(tmp_path / kept[0])!r} (it holds files twinbench did "
+                    "not write)\n")
+  # From Python: an `OutputDirWarning`.
+  import twinbench_jax as tb
+
+  shutil.rmtree(tmp_path / kept[0])
+  with pytest.warns(output_dir.OutputDirWarning, match="previous one was kept in"):
+    tb.evaluate(inputs["pred"], inputs["real"], baselines=()).save(out)
+  assert [_snapshot(tmp_path / k) for k in _leftovers(tmp_path)] == [{"late.txt": b"keep me"}]
 
 
 # ----------------------------------------------------------------------------- immutable files

@@ -24,6 +24,7 @@ import inspect
 import os
 import signal
 import sys
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -551,6 +552,19 @@ def _one_line(e: BaseException) -> str:
   return " ".join(str(e).split()) or type(e).__name__
 
 
+def _one_line_warnings(command: str) -> None:
+  """Prints output-folder warnings as one line each (inside `warnings.catch_warnings`)."""
+  show = warnings.showwarning
+
+  def showwarning(message, category, *rest, **kw):
+    if issubclass(category, output_dir.OutputDirWarning):
+      print(f"twinbench {command}: warning: {_one_line(message)}", file=sys.stderr)
+    else:
+      show(message, category, *rest, **kw)
+
+  warnings.showwarning = showwarning
+
+
 def _interrupted(args: argparse.Namespace, signum: int, replaced: bool = False) -> int:
   done = ("after the new output was complete; --out holds it" if replaced else
           "--out left as it was")
@@ -580,7 +594,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if getattr(args, "func", None) is None:
     parser.print_help()
     return 2
-  with output_dir.handle_signals() as received:
+  with output_dir.handle_signals() as received, warnings.catch_warnings():
+    _one_line_warnings(args.command)
     try:
       code = args.func(args)
     except (UsageError, ValueError, TypeError, KeyError, OSError) as e:

@@ -68,6 +68,10 @@ class OutputDirError(ValueError):
   """An output folder that twinbench refuses to write (nothing was touched)."""
 
 
+class OutputDirWarning(UserWarning):
+  """The new output is in place, but part of the old one could not be removed (it is kept)."""
+
+
 class Interrupted(BaseException):
   """SIGINT or SIGTERM under `handle_signals`; `signum` is the signal.
 
@@ -415,7 +419,8 @@ def _remove_old(folder: str, owned: list[str]) -> None:
     os.rmdir(folder)
   except OSError:
     warnings.warn(f"the new output is complete, but the previous one was kept in {folder!r} ("
-                  f"{problem or 'it holds files twinbench did not write'})", stacklevel=4)
+                  f"{problem or 'it holds files twinbench did not write'})", OutputDirWarning,
+                  stacklevel=4)
 
 
 def _write_manifest(staging: str) -> None:
