@@ -148,3 +148,43 @@ def test_bad_arguments(saved, tmp_path):
     tb.compare(dirs["sharp"], tmp_path / "bad")
   with pytest.raises(ValueError, match="distinct names"):
     tb.compare(dirs["sharp"], dirs["blurred"], names=["x", "x"])
+
+
+def test_cli_compare_writes_the_three_files(saved, tmp_path, capsys):
+  from twinbench_jax import cli
+
+  _, _, dirs = saved
+  out = tmp_path / "cmp"
+  code = cli.main(["compare", *dirs.values(), "--out", str(out)])
+  assert code == 0
+  printed = capsys.readouterr().out
+  assert "sharp" in printed and "split-half baseline" in printed
+  assert sorted(p.name for p in out.iterdir()) == [
+      ".twinbench-manifest.json", "comparison.csv", "comparison.json", "comparison.png"]
+  data = json.loads((out / "comparison.json").read_text())
+  assert data["rows"][0]["auc_f1"] == _load(dirs["sharp"])["auc_f1"]
+  # Run again: a previous comparison is replaced.
+  assert cli.main(["compare", *dirs.values(), "--out", str(out), "--no-plots", "--quiet",
+                   "--names", "a,b,c"]) == 0
+  assert sorted(p.name for p in out.iterdir()) == [
+      ".twinbench-manifest.json", "comparison.csv", "comparison.json"]
+  assert [r["name"] for r in json.loads((out / "comparison.json").read_text())["rows"]][:3] == [
+      "a", "b", "c"]
+
+
+def test_cli_compare_refuses_a_mismatch_naming_the_field(saved, tmp_path, capsys):
+  from twinbench_jax import cli
+
+  _, _, dirs = saved
+  other = tmp_path / "other"
+  other.mkdir()
+  data = _load(dirs["blurred"])
+  data["metric_version"] = "0"
+  (other / "report.json").write_text(json.dumps(data))
+  code = cli.main(["compare", dirs["sharp"], str(other), "--out", str(tmp_path / "cmp")])
+  assert code == 2
+  err = capsys.readouterr().err
+  assert "twinbench compare: error:" in err and "`metric_version` differs" in err
+  assert not (tmp_path / "cmp").exists()
+  assert cli.main(["compare", dirs["sharp"], "--out", str(tmp_path / "cmp")]) == 2
+  assert "at least two" in capsys.readouterr().err

@@ -118,8 +118,6 @@ def _print_summary(report, out_dir: Optional[str], out=None) -> None:
   print(_format_table(_report_rows(report),
                       ("", "AUC-F1", "hit@1", "MRR", "mean rank", "called@0.05"),
                       (".3f", ".3f", ".3f", ".2f", ".2f")), file=out)
-  for note in s["notes"]:
-    print(f"note: {note}", file=out)
   if out_dir is not None:
     print(f"wrote {out_dir}{os.sep}: report.json, per_perturbation.csv, f1_alpha.png, "
           "rank_histogram.png, pvalue_histogram.png, popularity.png", file=out)
@@ -250,6 +248,47 @@ def run_evaluate(args: argparse.Namespace) -> int:
     report.save(args.out)
   if not args.quiet:
     _print_summary(report, args.out)
+  _print_notes(report.summary["notes"])
+  return 0
+
+
+def _print_notes(notes: Sequence[str]) -> None:
+  """Each note of a report on stderr, also under --quiet: a pipeline must see them."""
+  for note in notes:
+    print(f"note: {note}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+def run_compare(args: argparse.Namespace) -> int:
+  from twinbench_jax._src import compare as compare_lib
+
+  if len(args.reports) < 2:
+    raise UsageError(f"compare needs at least two report folders, got {len(args.reports)}")
+  names = None
+  if args.names is not None:
+    names = [n.strip() for n in args.names.split(",")]
+  _probe_output(args.out)
+  _check_not_inside(args.out, [("DIR", os.path.join(d, "report.json")) for d in args.reports])
+  comparison = compare_lib.compare(*args.reports, names=names)
+  with _out_errors(args.out):
+    comparison.save(args.out, plots=not args.no_plots)
+  if not args.quiet:
+    shared = comparison.shared
+    null = shared["null"] + (f", B = {shared['n_null']}" if shared["null"] != "label" else "")
+    print(f"{len(args.reports)} models, {shared['n_queries']} perturbations ranked among "
+          f"{shared['n_candidates']} real profiles ({shared['settings'].get('metric')}; {null} "
+          "null)")
+    table = comparison.table
+    rows = [(name, *(table.loc[name, c] for c in ("auc_f1", "hit_at_1", "mrr", "mean_rank",
+                                                  "fraction_called")))
+            for name in table.index]
+    print(_format_table(rows, ("", "AUC-F1", "hit@1", "MRR", "mean rank", "called@0.05"),
+                        (".3f", ".3f", ".3f", ".2f", ".2f")))
+    written = "comparison.csv, comparison.json" + ("" if args.no_plots else ", comparison.png")
+    print(f"wrote {args.out}{os.sep}: {written}")
+  _print_notes(comparison.notes)
   return 0
 
 
@@ -518,6 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no progress bars and no summary table")
   ev.set_defaults(func=run_evaluate)
 
+  _add_compare_parser(sub)
+
   demo = sub.add_parser(
       "demo", help="simulate a screen, write it as .h5ad files and evaluate three models",
       description="Simulate a small perturbation screen (a large shared 'popular' response plus "
@@ -546,6 +587,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --real: control label (default from uns)")
   demo.set_defaults(func=run_demo)
   return parser
+
+
+def _add_compare_parser(sub) -> None:
+  cmp = sub.add_parser(
+      "compare", help="put several saved reports of the same data side by side",
+      description="Compare models evaluated on the same real data with the same settings: each "
+      "DIR is a folder written by `twinbench evaluate`. Writes DIR/comparison.csv and "
+      "DIR/comparison.json (one row per model, then the baselines: AUC-F1, hit@1, MRR, mean "
+      "rank, fraction called) and DIR/comparison.png (every model's F1(alpha) curve with the "
+      "baselines', beside a table figure). Reports whose metric version, real data or genes, "
+      "null (kind, number of replicates) or scoring settings differ are refused, naming the "
+      "field: their numbers do not mean the same thing.")
+  cmp.add_argument("reports", nargs="+", metavar="DIR", help="saved report folders (two or more)")
+  cmp.add_argument("--out", required=True, metavar="OUT",
+                   help="output folder. " + _OUT_HELP.replace("DIR", "OUT"))
+  cmp.add_argument("--names", default=None, metavar="A,B,...",
+                   help="row names, comma-separated, one per DIR (default: each report's "
+                   "model name, else its folder name)")
+  cmp.add_argument("--no-plots", action="store_true", help="skip comparison.png")
+  cmp.add_argument("--quiet", action="store_true", help="no summary table")
+  cmp.set_defaults(func=run_compare)
 
 
 def _one_line(e: BaseException) -> str:

@@ -68,21 +68,31 @@ class Comparison:
   def save(self, directory, *, plots: bool = True) -> list[str]:
     """Writes `comparison.csv`, `comparison.json` and (optionally) `comparison.png`.
 
-    Writes into `directory` (created if needed). Returns the paths written.
-    """
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    paths = [os.path.join(directory, "comparison.csv"),
-             os.path.join(directory, "comparison.json")]
-    self.table.to_csv(paths[0], index_label="name")
-    with open(paths[1], "w") as f:
-      json.dump(self.to_dict(), f, indent=2, allow_nan=False)
-      f.write("\n")
-    if plots:
-      from twinbench_jax._src import plots as plots_lib
+    `directory` is replaced all-or-nothing under the same rules as
+    `Report.save`: it must be new, empty or a previous twinbench output, and
+    only files twinbench wrote are ever removed.
 
-      paths.append(plots_lib.save_comparison_plot(self, directory))
-    return paths
+    Returns:
+      The paths written (inside `directory`).
+
+    Raises:
+      ValueError: an unsafe `directory` (`output_dir.OutputDirError`).
+      OSError: the folder could not be written or replaced; nothing changed.
+    """
+    from twinbench_jax._src import output_dir
+
+    directory = os.fspath(directory)
+    names = ["comparison.csv", "comparison.json"]
+    with output_dir.staged(directory) as tmp:
+      self.table.to_csv(os.path.join(tmp, names[0]), index_label="name")
+      with open(os.path.join(tmp, names[1]), "w") as f:
+        json.dump(self.to_dict(), f, indent=2, allow_nan=False)
+        f.write("\n")
+      if plots:
+        from twinbench_jax._src import plots as plots_lib
+
+        names.append(os.path.basename(plots_lib.save_comparison_plot(self, tmp)))
+    return [os.path.join(directory, n) for n in names]
 
 
 def _plain(v: Any) -> Any:
