@@ -41,6 +41,60 @@ class UsageError(Exception):
   """Bad input from the command line: reported in one line, exit code 2."""
 
 
+# ----------------------------------------------------------------------------- compilation cache
+
+CACHE_ENV = "TWINBENCH_COMPILATION_CACHE"
+_OFF = ("0", "false", "no", "off")
+_ON = ("", "1", "true", "yes", "on")
+
+
+def compilation_cache_dir(no_cache: bool = False) -> Optional[str]:
+  """The folder of JAX's persistent compilation cache for this run, or None when opted out.
+
+  ``$TWINBENCH_COMPILATION_CACHE`` set to 0/false/no/off (or `no_cache`,
+  the ``--no-cache`` flag) turns it off; set to a folder, it is that folder;
+  otherwise ``$XDG_CACHE_HOME/twinbench_jax/jax`` (default
+  ``~/.cache/twinbench_jax/jax``).
+  """
+  value = os.environ.get(CACHE_ENV, "").strip()
+  if no_cache or value.lower() in _OFF:
+    return None
+  if value.lower() not in _ON:
+    return os.path.abspath(os.path.expanduser(value))
+  base = os.environ.get("XDG_CACHE_HOME", "").strip() or os.path.join(
+      os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "twinbench_jax", "jax")
+
+
+def _enable_compilation_cache(no_cache: bool) -> Optional[str]:
+  """Points JAX's persistent compilation cache at `compilation_cache_dir` (CLI runs only).
+
+  Every compile is kept, however short: the command line compiles the same
+  few kernels in every new process, each in 0.1-0.5 s. The library itself
+  never sets this (a user's own JAX settings stay theirs). Two processes may
+  share the folder: entries are keyed by the program, compiler and device;
+  an entry read while another process is still writing it does not
+  decompress, and JAX then compiles anew (the warning it gives is silenced here). An
+  unwritable folder leaves the cache off.
+  """
+  directory = compilation_cache_dir(no_cache)
+  if directory is None:
+    return None
+  try:
+    os.makedirs(directory, exist_ok=True)
+  except OSError:
+    return None
+  if not os.access(directory, os.W_OK | os.X_OK):
+    return None
+  import jax
+
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  warnings.filterwarnings("ignore", message="Error reading persistent compilation cache entry")
+  return directory
+
+
 # ----------------------------------------------------------------------------- output folder
 
 
@@ -108,7 +162,7 @@ def _report_rows(report) -> list[tuple]:
   return rows
 
 
-def _print_summary(report, out_dir: Optional[str], out=None) -> None:
+def _print_summary(report, out_dir: Optional[str], out=None, plots: bool = True) -> None:
   out = sys.stdout if out is None else out
   s = report.summary
   null = s["null"] + (f", B = {s['n_null']}" if s["null"] != "label" else "")
@@ -119,8 +173,9 @@ def _print_summary(report, out_dir: Optional[str], out=None) -> None:
                       ("", "AUC-F1", "hit@1", "MRR", "mean rank", "called@0.05"),
                       (".3f", ".3f", ".3f", ".2f", ".2f")), file=out)
   if out_dir is not None:
-    print(f"wrote {out_dir}{os.sep}: report.json, per_perturbation.csv, f1_alpha.png, "
-          "rank_histogram.png, pvalue_histogram.png, popularity.png", file=out)
+    written = ", f1_alpha.png, rank_histogram.png, pvalue_histogram.png, popularity.png"
+    print(f"wrote {out_dir}{os.sep}: report.json, per_perturbation.csv{written if plots else ''}",
+          file=out)
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -233,6 +288,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     inputs += [("--null", v) for v in null]
   _check_not_inside(args.out, [(f, p) for f, p in inputs if p and os.path.isfile(p)])
 
+  _enable_compilation_cache(args.no_cache)
   report = evaluate_lib.evaluate(
       args.pred, args.real, perturbation_key=args.perturbation_key,
       pred_perturbation_key=args.pred_perturbation_key,
@@ -243,11 +299,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
       delta=args.delta,
       unmatched=args.unmatched, metric=args.metric, k=args.k, null=null, n_null=args.n_null,
       seed=args.seed, baselines=wanted, chunk_size=args.chunk_size, progress=not args.quiet,
-      name=args.name)
+      name=args.name, direction=args.direction, candidate_level=args.candidate_level)
   with _out_errors(args.out):
-    report.save(args.out)
+    report.save(args.out, plots=args.plots)
   if not args.quiet:
-    _print_summary(report, args.out)
+    _print_summary(report, args.out, plots=args.plots)
   _print_notes(report.summary["notes"])
   return 0
 
@@ -350,6 +406,7 @@ def run_demo(args: argparse.Namespace, out=None) -> int:
                      f"{per_effect} genes), got {args.n_genes}")
   _check_seed(args.seed)
   _probe_output(args.out)
+  _enable_compilation_cache(args.no_cache)
   key = jax.random.key(args.seed)
   k_data, k_models = jax.random.split(key)
   data = simulate.simulate_perturbations(
@@ -403,6 +460,7 @@ def _run_real_demo(args: argparse.Namespace, out) -> int:
   _check_seed(args.seed)
   _probe_output(args.out)
   _check_not_inside(args.out, [("--real", args.real)])
+  _enable_compilation_cache(args.no_cache)
   src = profiles_lib.open_source(args.real, args.real)
   try:
     key, control = profiles_lib.resolve_keys(src, args.perturbation_key, args.control)
@@ -548,6 +606,14 @@ def build_parser() -> argparse.ArgumentParser:
                      "three; 'none' for none)")
   score.add_argument("--seed", type=int, default=0,
                      help=f"seed of the split-half baseline, 0 to {_SEED_MAX} (default 0)")
+  score.add_argument("--direction", choices=("pred_to_real", "real_to_pred"),
+                     default="pred_to_real",
+                     help="rank direction: each prediction ranks the real profiles (default), "
+                     "or each real perturbation ranks the predictions (real_to_pred, "
+                     "PerturBench's direction); the p-values are the same")
+  score.add_argument("--candidate-level", action="store_true",
+                     help="also report the candidate-level AUC-F1 of the entry-wise p-values "
+                     "(candidate_auc_f1 and candidate_curve in report.json)")
   run = ev.add_argument_group("run")
   run.add_argument("--chunk-size", type=int, default=None, metavar="N",
                    help="cells read at a time (default: about 4 million values per block)")
@@ -555,6 +621,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what to call the predictions in the report and plots (default model)")
   run.add_argument("--quiet", action="store_true",
                    help="no progress bars and no summary table")
+  run.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
+                   help="write the four PNG plots (default; --no-plots: only report.json and "
+                   "per_perturbation.csv)")
+  _add_cache_flag(run)
   ev.set_defaults(func=run_evaluate)
 
   _add_compare_parser(sub)
@@ -585,8 +655,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --real: obs label column (default from uns)")
   demo.add_argument("--control", default=None, metavar="C",
                     help="with --real: control label (default from uns)")
+  _add_cache_flag(demo)
   demo.set_defaults(func=run_demo)
   return parser
+
+
+def _add_cache_flag(group) -> None:
+  group.add_argument("--no-cache", action="store_true",
+                     help="do not use the compiled-kernel cache (JAX's persistent compilation "
+                     f"cache, by default in $XDG_CACHE_HOME/twinbench_jax/jax or "
+                     f"~/.cache/twinbench_jax/jax; {CACHE_ENV}=0 turns it off as well, "
+                     f"{CACHE_ENV}=DIR moves it)")
 
 
 def _add_compare_parser(sub) -> None:
@@ -644,9 +723,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   Args:
     argv: the arguments; None (the `twinbench` command, `python -m
-      twinbench_jax`) reads `sys.argv` and ends an interrupted run at once
-      with `os._exit` once its files are cleaned up: tearing JAX down while
-      a compile is still running on its threads can crash the interpreter.
+      twinbench_jax`) reads `sys.argv` and ends the process at once with
+      `os._exit` after flushing stdout and stderr (`_exit_now`): no final
+      garbage collection, and an interrupted run never tears JAX down while
+      a compile is still running on its threads.
   """
   parser = build_parser()
   try:
@@ -662,18 +742,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       code = args.func(args)
     except (UsageError, ValueError, TypeError, KeyError, OSError) as e:
       print(f"twinbench {args.command}: error: {_one_line(e)}", file=sys.stderr)
-      return 2
+      code = 2
     except output_dir.Interrupted as e:
       code = _interrupted(args, e.signum, e.replaced)
     except KeyboardInterrupt:
       code = _interrupted(args, signal.SIGINT)
     else:
-      if not received:
-        return code
-      # Swallowed on the way (raised inside a finaliser, say) after the output was replaced.
-      code = _interrupted(args, received[0], replaced=True)
+      if received:
+        # Swallowed on the way (raised inside a finaliser, say) after the output was replaced.
+        code = _interrupted(args, received[0], replaced=True)
   if argv is None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    _exit_now(code)
   return code
+
+
+def _exit_now(code: int) -> None:
+  """Ends the process at once with `code`, once stdout and stderr are flushed.
+
+  Every file the command wrote is closed by then (the output folder is
+  complete). Skipped: the interpreter's teardown, whose final garbage
+  collection of JAX's, pandas' and matplotlib's objects alone takes about
+  0.5 s, and JAX's exit hooks, which could crash the interpreter when an
+  interrupted run left a compile running on its threads.
+  """
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):  # a closed pipe (`twinbench ... | head`): nothing to keep
+      pass
+  os._exit(code)

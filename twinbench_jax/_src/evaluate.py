@@ -9,7 +9,8 @@ Orchestration only: profiles come from `profiles`, baselines from
 3. similarities, truth ranks and own scores of the model's predictions;
 4. the null step (`_query_pvalues`): the exact label-permutation null, a
    model-in-the-loop null, or precomputed null predictions;
-5. the same for each calibration baseline (always the label null);
+5. the same for each calibration baseline (`_baseline_null`: the label null,
+   or p = 1 by construction for the input-agnostic ones under a sampled null);
 6. a frozen `Report`.
 """
 
@@ -38,6 +39,9 @@ from twinbench_jax._src import similarity as similarity_lib
 from twinbench_jax._src import validation
 
 DELTAS = ("none", "control", "pred_control", "mean")
+# Rank directions: each prediction among the real profiles (default), or each
+# real profile's own prediction among the predictions (PerturBench's direction).
+DIRECTIONS = ("pred_to_real", "real_to_pred")
 # p-value threshold of the `called` column and of `fraction_called`.
 ALPHA = 0.05
 
@@ -92,6 +96,12 @@ class Report:
     popularity: one row per real candidate: ``n_cells`` and ``top1_count``
       (how many queries rank it first, SPEC §2), for the model.
     genes: the genes the profiles were compared on.
+    candidate_curve: with `candidate_level=True`, the model's candidate-level
+      F1(α) curve and area (SPEC §4; ``summary["candidate_auc_f1"]``), else None.
+
+  With ``direction="real_to_pred"`` (``summary["settings"]["direction"]``)
+  every rank is that of a real perturbation's own prediction among the
+  predictions: ``top1`` and ``popularity`` then name predictions.
   """
 
   summary: Mapping[str, Any]
@@ -100,6 +110,7 @@ class Report:
   baseline_tables: Mapping[str, pd.DataFrame]
   popularity: pd.DataFrame
   genes: tuple[str, ...]
+  candidate_curve: Optional[auc_lib.AucF1Result] = None
 
   def __repr__(self) -> str:
     s = self.summary
@@ -139,6 +150,10 @@ class Report:
     out["per_perturbation"] = self.per_perturbation.to_dict(orient="records")
     out["curves"] = {name: {"alphas": c.alphas, "f1": c.f1, "precision": c.precision,
                             "recall": c.recall} for name, c in self.curves.items()}
+    if self.candidate_curve is not None:
+      c = self.candidate_curve
+      out["candidate_curve"] = {"alphas": c.alphas, "f1": c.f1, "precision": c.precision,
+                                "recall": c.recall}
     return _json_safe(out)
 
   def to_json(self, indent: Optional[int] = 2) -> str:
@@ -240,7 +255,8 @@ _HEADLINE = ("auc_f1", "hit_at_1", "mrr", "mean_rank", "fraction_called", "n_que
 # ----------------------------------------------------------------------------- scoring
 
 
-def _score_kernel(x, y, truth, rows, exclude, l1, *, metric, k, ties):
+def _score_kernel(x, y, truth, rows, exclude, l1, *, metric, k, ties,
+                  direction="pred_to_real"):
   """Every number of one predictor in a single compiled kernel.
 
   Similarities, truth ranks, own scores, label-null p-values, popularity,
@@ -266,6 +282,11 @@ def _score_kernel(x, y, truth, rows, exclude, l1, *, metric, k, ties):
       `x[rows]` to `y`, computed outside the kernel by the compiled CPU loop
       (`_host_l1`); with at most one excluded gene per query the kernel then
       never reads all of `[Q, C, G]` itself.
+    direction: ``"pred_to_real"`` ranks each query's truth among the real
+      candidates (rows of `s`); ``"real_to_pred"`` ranks each query's own
+      prediction among the `Q` predictions against its truth (columns of
+      `cross`, so query `j`'s excluded genes apply), and `top1`/`popularity`
+      then index predictions. The label null is the same in both directions.
 
   Returns:
     The numbers above, then `trusted`: False when `l1` less the excluded genes
@@ -284,7 +305,11 @@ def _score_kernel(x, y, truth, rows, exclude, l1, *, metric, k, ties):
     s, cross = _l1_one_gene_excluded(x, y, truth, rows, exclude[:, 0])
   else:
     s, cross = _excluded_scores(x, y, truth, rows, exclude, metric)
-  rel = jnp.arange(s.shape[1])[None, :] == truth[:, None]
+  if direction == "real_to_pred":
+    s = cross.T  # [j, i]: the truth of query j against prediction i
+    rel = jnp.arange(s.shape[1])[None, :] == jnp.arange(s.shape[0])[:, None]
+  else:
+    rel = jnp.arange(s.shape[1])[None, :] == truth[:, None]
   ranks = ranking._truth_ranks(s, rel, ties=ties)
   p_label = pvalues_lib._label_permutation_pvalues(cross)
   top1 = jnp.argmax(validation.nan_to_neg_inf(s), axis=1)
@@ -349,7 +374,7 @@ def _l1_less_one_gene(x, y, truth, rows, gene, d):
 _MAX_TERM_RATIO = 16.0
 
 
-_STATIC = ("metric", "k", "ties")
+_STATIC = ("metric", "k", "ties", "direction")
 _score_jit = jax.jit(_score_kernel, static_argnames=_STATIC)
 # Small problems: compilation is nearly all of the time, and XLA's backend
 # optimisation (LLVM) is most of the compilation; skipping it halves the first
@@ -451,18 +476,22 @@ class _Scored:
     }
 
 
-def _score(labels, x, y, truth, rows, *, metric, k, ties, exclude=None) -> _Scored:
+def _score(labels, x, y, truth, rows, *, metric, k, ties, exclude=None,
+           direction="pred_to_real") -> _Scored:
   """Scores predictions `x[rows]` against references `y` with the label null.
 
-  `exclude`: None or `[Q, T]` target gene indices per query (see `_score_kernel`).
+  `exclude`: None or `[Q, T]` target gene indices per query; `direction`: the
+  rank direction (see `_score_kernel`).
   """
   l1 = _host_l1(x, y, np.asarray(rows, np.int64), metric, exclude)
   args = (jnp.asarray(x, _float()), jnp.asarray(y, _float()), jnp.asarray(truth, jnp.int32),
           jnp.asarray(rows, jnp.int32), None if exclude is None else jnp.asarray(exclude, jnp.int32))
+  # The default direction is not passed, so the default compiles exactly as before.
+  opts = {} if direction == "pred_to_real" else {"direction": direction}
   out = _run_score_kernel(*args, None if l1 is None else jnp.asarray(l1), metric=metric, k=k,
-                          ties=ties)
+                          ties=ties, **opts)
   if not bool(out[-1]):  # the subtraction of an excluded gene was not trusted: masked passes
-    out = _run_score_kernel(*args, None, metric=metric, k=k, ties=ties)
+    out = _run_score_kernel(*args, None, metric=metric, k=k, ties=ties, **opts)
   ranks, own, p, top1, pop, g, curve, bh, _ = out
   return _Scored(np.asarray(labels), np.asarray(ranks, np.float64), np.asarray(own, np.float64),
                  np.asarray(p, np.float64), np.asarray(bh, np.float64), np.asarray(top1),
@@ -654,8 +683,11 @@ def _transformed_call(func, gene_idx, reference, keep, metric, args, kwargs, inp
 
 
 def _model_pvalues(ctx: "_Context", predictions, *, predict_fn, inputs, n_null, key, randomize,
-                   progress, notes) -> tuple:
-  """The model-in-the-loop null through the null engine (`tb.model_null`, SPEC §3)."""
+                   progress, notes, candidate_level=False) -> tuple:
+  """The model-in-the-loop null through the null engine (`tb.model_null`, SPEC §3).
+
+  Returns `(pvalues [Q], n_null, candidate p-values [Q, C] or None)`.
+  """
   from twinbench_jax._src import nulls
 
   gene_idx = jnp.asarray(ctx.pred_gene_idx, jnp.int32)
@@ -671,38 +703,122 @@ def _model_pvalues(ctx: "_Context", predictions, *, predict_fn, inputs, n_null, 
   predictions = ctx.fill_excluded(predictions)
   res = nulls.model_null(predict, inputs, ctx.null_references(), ctx.relevance, key=key,
                          n_null=n_null, randomize=randomize, metric=ctx.metric,
-                         progress=progress)
+                         candidate_level=candidate_level, progress=progress)
   observed = np.asarray(predict(inputs))
   if observed.shape != predictions.shape or not np.allclose(observed, predictions, rtol=1e-4,
                                                             atol=1e-5):
     notes.append("predict_fn(inputs) does not reproduce the predictions of adata_pred; the "
                  "model null tests predict_fn(inputs)")
-  return np.asarray(res.pvalues, np.float64), res.n_null
+  return np.asarray(res.pvalues, np.float64), res.n_null, res.candidate_pvalues
 
 
 def _query_pvalues(kind, null, ctx, predictions, model, *, n_null, predict_fn, inputs, key,
-                   randomize, progress, notes) -> tuple[np.ndarray, int]:
-  """The null step: per-query p-values and the number of null replicates (SPEC §3).
+                   randomize, progress, notes, candidate_level=False) -> tuple:
+  """The null step: `(p-values [Q], n_null, candidate p-values [Q, C] or None)` (SPEC §3).
 
   ``"label"`` keeps the exact label-permutation p-values of the scoring
   kernel (`n_null = Q - 1`: the predictions for the other perturbations);
   ``"model"`` reruns the model on randomised inputs and ``"precomputed"``
   scores given null predictions, both through the null engine (`tb.model_null`,
-  `tb.precomputed_null`), which streams replicates in chunks.
+  `tb.precomputed_null`), which streams replicates in chunks. With
+  `candidate_level`, the sampled nulls also count the `[Q, C]` entry-wise
+  exceedances; the label null's are made by `_candidate_pvalues`.
   """
   if kind == "label":
-    return model.pvalues, len(model.labels) - 1
+    return model.pvalues, len(model.labels) - 1, None
   if kind == "model":
     return _model_pvalues(ctx, predictions, predict_fn=predict_fn, inputs=inputs,
                           n_null=1000 if n_null is None else int(n_null), key=key,
-                          randomize=randomize, progress=progress, notes=notes)
+                          randomize=randomize, progress=progress, notes=notes,
+                          candidate_level=candidate_level)
   from twinbench_jax._src import nulls
 
   lazy = _LazyNullProfiles(null, ctx, n_null)
   res = nulls.precomputed_null(np.asarray(ctx.fill_excluded(predictions), _float()), lazy,
                                ctx.null_references(), ctx.relevance, metric=ctx.metric,
-                               progress=progress)
-  return np.asarray(res.pvalues, np.float64), res.n_null
+                               candidate_level=candidate_level, progress=progress)
+  return np.asarray(res.pvalues, np.float64), res.n_null, res.candidate_pvalues
+
+
+# ----------------------------------------------------------------------------- report views
+
+
+def _check_direction(direction: Any) -> str:
+  if direction not in DIRECTIONS:
+    raise ValueError(f"unknown `direction` {direction!r}; choose one of {DIRECTIONS}")
+  return direction
+
+
+def _check_candidate_level(candidate_level: Any, null_kind: str, target_spec: Any) -> bool:
+  """`candidate_level` as a bool; refused for the label null with `target_genes`."""
+  if not isinstance(candidate_level, (bool, np.bool_)):
+    raise ValueError(f"`candidate_level` must be True or False, got {candidate_level!r}")
+  if candidate_level and null_kind == "label" and target_spec is not None:
+    raise ValueError(
+        "candidate_level=True with the label null cannot use `target_genes`: the label null's "
+        "entry p-value compares the similarities of every prediction to one real profile, and "
+        "with per-perturbation excluded genes those are computed on different genes; use a "
+        "model or precomputed null (`null=`), or leave out `target_genes`")
+  return bool(candidate_level)
+
+
+def _candidate_pvalues(kind: str, sampled, ctx: "_Context", predictions) -> jax.Array:
+  """`[Q, C]` entry-wise p-values `p[q, c]` (SPEC §3) for the candidate-level AUC-F1.
+
+  The sampled nulls counted them while streaming (`sampled`); for the label
+  null they are those of `tb.label_null(..., candidate_level=True)`: the share
+  of predictions at least as similar to real profile `c` as prediction `q` is.
+  """
+  if kind != "label":
+    return jnp.asarray(sampled)
+  from twinbench_jax._src import nulls
+
+  res = nulls.label_null(jnp.asarray(predictions, _float()), ctx.references, ctx.relevance,
+                         metric=ctx.metric, candidate_level=True)
+  return res.candidate_pvalues
+
+
+def _candidate_view(pvalues, ctx: "_Context", direction: str) -> auc_lib.AucF1Result:
+  """The candidate-level AUC-F1 curve (SPEC §4) of `[Q, C]` p-values, in the rank direction.
+
+  ``"pred_to_real"``: query `q` retrieves the real profiles `c` with
+  `p[q, c] <= α`. ``"real_to_pred"``: the real profile of query `j` retrieves
+  the predictions `i` with `p[i, truth_j] <= α`. An entry's p-value belongs to
+  the pair, so the two directions group the same pairs by a different side.
+  """
+  p, rel = jnp.asarray(pvalues), ctx.relevance
+  if direction == "real_to_pred":
+    p = p[:, ctx.truth].T
+    rel = jnp.arange(p.shape[1])[None, :] == jnp.arange(p.shape[0])[:, None]
+  return _curve_to_numpy(auc_lib.candidate_auc_f1(p, rel))
+
+
+def _baseline_null(scored: _Scored, name: str, null_kind: str, n_null: int, k: int) -> tuple:
+  """`(scored, null kind, n_null)` of a baseline under the model's null kind (SPEC §6).
+
+  The mean and control baselines predict one profile whatever their input, so
+  rerunning them on randomised inputs gives the same profile: every replicate
+  ties, and their p-values under a model or precomputed null are 1 by
+  construction (SPEC §3), which is set directly. The split-half baseline has
+  no model to rerun and no null predictions: it keeps the label null.
+  """
+  if null_kind == "label" or name == "split_half":
+    return scored, "label", len(scored.labels) - 1
+  return scored.with_pvalues(np.ones(len(scored.labels)), k), null_kind, n_null
+
+
+def _baseline_null_note(null_kind: str, names) -> list[str]:
+  if null_kind == "label" or not names:
+    return []
+  notes = []
+  if set(names) & {"mean", "control"}:
+    notes.append(f"the mean and control baselines ignore their input: under the {null_kind} "
+                 "null every replicate ties with them, so their p-values are 1 and their "
+                 "AUC-F1 is 0 by construction")
+  if "split_half" in names:
+    notes.append("the split-half baseline is scored with the label null: it has no model to "
+                 f"rerun on randomised inputs and no null predictions for a {null_kind} null")
+  return notes
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -1046,6 +1162,8 @@ def evaluate(
     chunk_size: Optional[int] = None,
     progress: bool = False,
     name: str = "model",
+    direction: str = "pred_to_real",
+    candidate_level: bool = False,
 ) -> Report:
   """Scores predicted against real perturbation profiles, with baselines (SPEC §4, §6–8).
 
@@ -1134,12 +1252,32 @@ def evaluate(
     key: PRNG key for the model null and the split halves; default
       `jax.random.key(seed)`.
     seed: used when `key` is None.
-    baselines: any of ``"mean"``, ``"control"``, ``"split_half"`` (SPEC §6),
-      each scored with the label null. Perturbations with fewer than 2 real
-      cells are left out of the split-half (with a note).
+    baselines: any of ``"mean"``, ``"control"``, ``"split_half"`` (SPEC §6).
+      Under the label null all are scored with it; under a model or
+      precomputed null the mean and control baselines, which ignore their
+      input, get p = 1 by construction (every replicate ties), and the
+      split-half, which has no model to rerun, keeps the label null (with a
+      note; ``summary["baseline_details"][name]["null"]`` says which).
+      Perturbations with fewer than 2 real cells are left out of the
+      split-half (with a note).
     chunk_size: cells read at a time (default: about 4 million entries).
     progress: show progress bars while reading.
     name: what to call the predictions in the report and its plots.
+    direction: the rank direction (SPEC §2). ``"pred_to_real"`` (default):
+      each prediction ranks the real perturbation profiles, the truth's rank
+      is reported. ``"real_to_pred"`` (PerturBench's direction): each real
+      perturbation that has a prediction ranks the predictions, its own
+      prediction's rank is reported (its target genes excluded under
+      `target_genes`); `top1` and `popularity` then name predictions. The
+      p-values are the same in both directions (an own score is one pair);
+      only the ranks, and so what counts as correct, change.
+    candidate_level: also report the candidate-level AUC-F1 (SPEC §4) of the
+      entry-wise p-values `p[q, c]` in ``summary["candidate_auc_f1"]`` and
+      `Report.candidate_curve`. Sampled nulls (model, precomputed) count them
+      while streaming (costing a `[Q, G] x [G, C]` product per replicate); the
+      label null uses those of `tb.label_null(..., candidate_level=True)`
+      (refused with `target_genes`, whose per-query genes make an entry's
+      null incomparable).
 
   Returns:
     A `Report`. Queries (rows of `per_perturbation`) come in the order the
@@ -1183,6 +1321,8 @@ def evaluate(
   if unmatched not in profiles_lib.UNMATCHED:
     raise ValueError(f"unknown `unmatched` {unmatched!r}; choose one of {profiles_lib.UNMATCHED}")
   target_spec = _check_target_genes(target_genes)
+  direction = _check_direction(direction)
+  candidate_level = _check_candidate_level(candidate_level, null_kind, target_spec)
   notes: list[str] = []
 
   owned = []
@@ -1209,7 +1349,8 @@ def evaluate(
         metric=metric, k=int(k), ties=ties, null=null, null_kind=null_kind, n_null=n_null,
         predict_fn=predict_fn, inputs=inputs, randomize=randomize,
         null_replicate_key=null_replicate_key, key=key, seed=seed, baselines=wanted,
-        chunk_size=chunk_size, progress=progress, model_name=str(name), notes=notes)
+        chunk_size=chunk_size, progress=progress, model_name=str(name), notes=notes,
+        direction=direction, candidate_level=candidate_level)
   finally:
     for src in owned:
       src.close()
@@ -1248,7 +1389,7 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
               layer, pred_layer, norm_real, norm_pred, genes, n_top_genes, strict_genes,
               target_spec, delta, unmatched, metric, k, ties, null, null_kind, n_null, predict_fn,
               inputs, randomize, null_replicate_key, key, seed, baselines, chunk_size, progress,
-              model_name, notes) -> Report:
+              model_name, notes, direction="pred_to_real", candidate_level=False) -> Report:
   # --- keys, labels, genes.
   real_key, control = profiles_lib.resolve_keys(real, perturbation_key, control)
   pred_key = pred_perturbation_key or real_key
@@ -1370,14 +1511,22 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
   # --- the model.
   n_q = len(queries)
   model = _score(queries, predictions, references, truth, np.arange(n_q), metric=metric, k=k,
-                 ties=ties, exclude=q_exclude)
+                 ties=ties, exclude=q_exclude, direction=direction)
+  # What the ranks are over: the real candidates, or (real_to_pred) the predictions.
+  ranked = queries if direction == "real_to_pred" else candidates
+  if direction == "real_to_pred" and n_cand > n_q:
+    notes.append(f"real_to_pred: the {n_cand - n_q} real perturbation(s) without a prediction "
+                 "have no own prediction to rank and are not scored")
   if null_kind == "model":
     null_key = jax.random.fold_in(jax.random.key(seed) if key is None else key, 2)
   else:
     null_key = None
-  pvals, b = _query_pvalues(null_kind, null, ctx, predictions, model, n_null=n_null,
-                            predict_fn=predict_fn, inputs=inputs, key=null_key,
-                            randomize=randomize, progress=progress, notes=notes)
+  pvals, b, cand_p = _query_pvalues(null_kind, null, ctx, predictions, model, n_null=n_null,
+                                    predict_fn=predict_fn, inputs=inputs, key=null_key,
+                                    randomize=randomize, progress=progress, notes=notes,
+                                    candidate_level=candidate_level)
+  cand_curve = (_candidate_view(_candidate_pvalues(null_kind, cand_p, ctx, predictions), ctx,
+                                direction) if candidate_level else None)
   if null_kind == "label":
     notes.append(f"label null: exact, over the {n_q} predictions (n_null = Q - 1)")
     if n_null is not None:
@@ -1385,8 +1534,8 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
   else:
     model = model.with_pvalues(pvals, k)
 
-  # --- baselines (label null).
-  scored = {}
+  # --- baselines (the model's null kind where it has a meaning: `_baseline_null`).
+  scored, baseline_null = {}, {}
   if n_q < 2 and any(name != "split_half" for name in baselines):
     notes.append("the mean and control baselines are skipped: their label null needs at least "
                  "2 queries")
@@ -1398,8 +1547,9 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
                             host_l1=_uses_host_l1(metric, q_exclude))
       n_pred = int(cand_n.sum()) if name == "mean" else int(n_real[real_groups.index(control)])
       scored[name] = _score(queries, x, references, truth, np.zeros(n_q), metric=metric, k=k,
-                            ties=ties, exclude=q_exclude)
-      baseline_tables[name] = scored[name].table(candidates, k, np.full(n_q, n_pred),
+                            ties=ties, exclude=q_exclude, direction=direction)
+      scored[name], *baseline_null[name] = _baseline_null(scored[name], name, null_kind, b, k)
+      baseline_tables[name] = scored[name].table(ranked, k, np.full(n_q, n_pred),
                                                  query_n_real)
     elif name == "split_half":
       n_a, n_b = counts[0::2][:n_cand], counts[1::2][:n_cand]
@@ -1418,16 +1568,20 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
       sh_q = np.asarray(candidates)[ok]
       scored[name] = _score(sh_q, ctx.transform_real(half_a), ctx.transform_real(half_b),
                             np.flatnonzero(ok), np.arange(len(sh_q)), metric=metric, k=k,
-                            ties=ties, exclude=None if targets is None else targets.index(sh_q))
-      baseline_tables[name] = scored[name].table(candidates, k, n_a[ok], n_b[ok])
+                            ties=ties, exclude=None if targets is None else targets.index(sh_q),
+                            direction=direction)
+      scored[name], *baseline_null[name] = _baseline_null(scored[name], name, null_kind, b, k)
+      baseline_tables[name] = scored[name].table(
+          sh_q if direction == "real_to_pred" else candidates, k, n_a[ok], n_b[ok])
+  notes += _baseline_null_note(null_kind, tuple(scored))
 
   # --- report.
-  table = model.table(candidates, k, pcounts[:n_q], query_n_real)
+  table = model.table(ranked, k, pcounts[:n_q], query_n_real)
   if targets is not None:
     for t in (table, *baseline_tables.values()):
       t["excluded_genes"] = targets.names(t["perturbation"])
-  popularity = pd.DataFrame({"perturbation": candidates, "n_cells": cand_n,
-                             "top1_count": model.popularity})
+  popularity = pd.DataFrame({"perturbation": ranked, "n_cells": (
+      pcounts[:n_q] if direction == "real_to_pred" else cand_n), "top1_count": model.popularity})
   stats = model.stats(k, b)
   from twinbench_jax import METRIC_VERSION, __version__
 
@@ -1437,15 +1591,19 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
       **stats,
       "k": k,
       "normalized_rank": float(np.mean((model.ranks - 1.0) / np.maximum(
-          np.sum(~np.asarray(rel), axis=1), 1))),
+          len(ranked) - 1 if direction == "real_to_pred" else np.sum(~np.asarray(rel), axis=1),
+          1))),
       "null": null_kind,
       "alpha": ALPHA,
-      "n_candidates": n_cand,
+      "n_candidates": len(ranked),
       "n_genes": int(len(shared)),
       "popularity_gini": model.gini,
       "data_fingerprint": _data_fingerprint(shared, candidates, cand_n),
       "baselines": {name: float(sc.curve.auc) for name, sc in scored.items()},
-      "baseline_details": {name: sc.stats(k, len(sc.labels) - 1) for name, sc in scored.items()},
+      "baseline_details": {name: {**sc.stats(k, baseline_null[name][1]),
+                                  "null": baseline_null[name][0]}
+                           for name, sc in scored.items()},
+      **({"candidate_auc_f1": float(cand_curve.auc)} if candidate_level else {}),
       "settings": {
           "perturbation_key": real_key, "pred_perturbation_key": pred_key, "control": control,
           "include_control": include_control, "layer": layer, "pred_layer": pred_layer,
@@ -1455,6 +1613,7 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
           "target_genes": _describe_target_spec(target_spec),
           "delta": delta, "unmatched": unmatched, "metric": metric, "ties": ties,
           "seed": seed, "pred": pred.name, "real": real.name, "name": model_name,
+          "direction": direction,
       },
       "notes": list(notes),
   }
@@ -1466,4 +1625,5 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
       baseline_tables=types.MappingProxyType(baseline_tables),
       popularity=popularity,
       genes=tuple(str(g) for g in shared),
+      candidate_curve=cand_curve,
   )
