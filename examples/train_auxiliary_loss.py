@@ -1,4 +1,4 @@
-"""Train a Flax NNX model with `mse + λ · (1 - soft AUC-F1)`; validate with a streamed hard AUC-F1.
+"""Train a Flax NNX model with `mse + λ · (1 - soft AUC-F1)`; validate on a streamed hard AUC-F1.
 
     python examples/train_auxiliary_loss.py            # 400 steps per run
     python examples/train_auxiliary_loss.py --quick    # 150 steps per run

@@ -89,7 +89,8 @@ def test_hard_validation_equals_the_exact_metric_with_the_same_null():
   s = tb.similarity(x, refs)
   own = _own(x, refs, batch.rows)
   randomize = tb.resolve_randomizer("shuffle_features")
-  keys = jax.random.split(key, 24)[:n_null]
+  # replicate b: the inputs randomised with fold_in(key, b), as in `tb.model_null`
+  keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(n_null))
   null = jax.jit(jax.vmap(lambda k: _own(_linear(params, randomize(k, batch.inputs)), refs,
                                          batch.rows)))(keys)
   expected = tb.auc_f1(tb.empirical_pvalues(own, null), tb.truth_ranks(s, rel) <= 1).auc

@@ -239,7 +239,7 @@ def make_soft_auc_f1_loss(
     metric: str = "sqeuclidean",
     k: float = 1,
     temperature: soft.Temperature = soft.DEFAULT_TEMPERATURE,
-    relative: bool = True,
+    relative: Any = "global",
 ) -> Callable[..., jax.Array]:
   r"""Builds `loss(params, batch, key) = 1 - soft AUC-F1` with the model in the loop (SPEC §5).
 
@@ -275,7 +275,11 @@ def make_soft_auc_f1_loss(
     metric: similarity metric of `tb.similarity`.
     k: a query is correct when its truth ranks within the top `k`.
     temperature: default temperatures, as in `tb.soft_auc_f1`.
-    relative: temperatures relative to the score spreads (see `tb.soft_auc_f1`).
+    relative: ``"global"`` (default): temperatures in units of the spreads over
+      all scores, whose gradients reach many candidates (the sharp local units
+      of `tb.soft_auc_f1`'s default track the hard value but gave no training
+      gain on `tb.make_toy_task`, ``docs/soft_relaxation.md``); True or
+      ``"local"``, False: as in `tb.soft_auc_f1`.
 
   Returns:
     ``loss(params, batch, key, temperature=None) -> scalar``: `batch` is a
@@ -359,7 +363,7 @@ def auc_f1_loss(
     metric: str = "sqeuclidean",
     k: float = 1,
     temperature: soft.Temperature = soft.DEFAULT_TEMPERATURE,
-    relative: bool = True,
+    relative: Any = "global",
 ) -> jax.Array:
   r"""`1 - soft AUC-F1` of predictions against their null: the plain array loss (SPEC §5).
 
@@ -472,8 +476,7 @@ def _metric_update(predict_fn, references, relevance, n_null, null_chunk, random
   rand = nulls._Randomizer(randomize, None if leaves is None else tuple(
       [leaves] if isinstance(leaves, str) else leaves))
   mode = nulls._own_mode(own_score, metric, setup.truth is not None)
-  static = dict(randomize=rand, metric=metric, mode=mode, n_null=setup.n_null,
-                chunk=min(int(null_chunk), setup.n_null), ties=ties)
+  spec = _NullSpec(rand, metric, mode, setup.n_null, min(int(null_chunk), setup.n_null), ties)
 
   def update(state, params, batch, key, positions=None):
     if not isinstance(state, metrics_lib.AucF1Metric):
@@ -486,7 +489,7 @@ def _metric_update(predict_fn, references, relevance, n_null, null_chunk, random
     _check_prediction_shape(setup, model, inputs, rows.shape[0])
     own, counts, ranks, bad = _batch_null(
         model.params, inputs, setup.references, setup.relevance[rows], rows if positions is None
-        else jnp.asarray(positions), key, apply=model.apply, **static)
+        else jnp.asarray(positions), key, apply=model.apply, spec=spec)
     # a row out of range (clamped by the gather under jit) leaves its query invalid
     bad = bad | _rows_out_of_range(rows, setup.relevance.shape[0])
     return state._write(rows if positions is None else positions, own, counts, ranks, bad)
@@ -494,12 +497,19 @@ def _metric_update(predict_fn, references, relevance, n_null, null_chunk, random
   return update, setup
 
 
-_NULL_STATIC = ("apply", "randomize", "metric", "mode", "n_null", "chunk", "ties")
+class _NullSpec(NamedTuple):
+  """The static settings of `_batch_null` (hashable: one compilation per setting)."""
+
+  randomize: Callable  # a hashable `nulls._Randomizer`
+  metric: str
+  mode: str  # own-score mode of `nulls._own_mode`
+  n_null: int
+  chunk: int  # replicates predicted at a time
+  ties: str
 
 
-@functools.partial(jax.jit, static_argnames=_NULL_STATIC)
-def _batch_null(params, inputs, y, rel_rows, positions, key, *, apply, randomize, metric, mode,
-                n_null, chunk, ties):
+@functools.partial(jax.jit, static_argnames=("apply", "spec"))
+def _batch_null(params, inputs, y, rel_rows, positions, key, *, apply, spec):
   """`[b]` own scores, exceedance counts, truth ranks, non-finite flags of one batch.
 
   The arithmetic of `tb.model_null` on the batch's rows: the observed
@@ -507,6 +517,7 @@ def _batch_null(params, inputs, y, rel_rows, positions, key, *, apply, randomize
   and are scored by the same kernels, so a replicate equal to the real
   prediction is an exact tie.
   """
+  randomize, metric, mode, n_null, chunk, ties = spec
   dtype = jnp.result_type(jax.eval_shape(apply, params, inputs).dtype, y.dtype)
   y = y.astype(dtype)
   ctx = nulls._own_context(y, rel_rows, mode=mode)
