@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 
 import hypothesis.strategies as st
 import jax
@@ -156,3 +158,45 @@ def test_non_finite_predictions_make_the_metric_invalid():
                   jax.random.key(0))
   with pytest.raises(ValueError, match="non-finite predictions"):
     state.compute()
+
+
+# Run in a fresh interpreter: the two CPU devices must be set before JAX starts.
+_SHARDED = """
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
+import twinbench_jax as tb
+from twinbench_jax._src import sharding
+assert len(jax.devices()) == 2
+rng = np.random.default_rng(0)
+q, c, b = 8, 8, 5
+scores = (rng.normal(size=(q, c)) + 1.5 * np.eye(q)).astype(np.float32)
+rel = np.eye(q, dtype=bool)
+own = np.diag(scores).copy()
+null = rng.normal(size=(b, q)).astype(np.float32)
+expected = tb.auc_f1(tb.empirical_pvalues(own, null), tb.truth_ranks(scores, rel) <= 1).auc
+assert 0.1 < float(expected) < 0.9
+mesh = Mesh(np.array(jax.devices()), ("d",))
+
+def local(rows, s, r, o, n):
+  # each device scores its own queries into a metric of all Q
+  m = tb.AucF1Metric.empty(q, b).update(rows, s, r, o, n)
+  parts = jax.lax.all_gather(m, "d")  # the devices' metrics, stacked
+  first, second = (jax.tree_util.tree_map(lambda x, i=i: x[i], parts) for i in (0, 1))
+  return first.merge(second).compute().auc[None]  # one per device
+
+f = jax.jit(sharding.shard_map(local, mesh=mesh, out_specs=P("d"),
+                                in_specs=(P("d"), P("d"), P("d"), P("d"), P(None, "d"))))
+got = f(jnp.arange(q), scores, rel, own, null)
+print(got, float(expected))
+np.testing.assert_array_equal(got, [expected, expected])
+"""
+
+
+def test_metrics_filled_on_two_devices_merge_inside_shard_map():
+  # each device updates the metric with its half of the queries; an all-gather and a merge
+  # give every device the AUC-F1 of all of them
+  out = subprocess.run([sys.executable, "-c", _SHARDED], capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
