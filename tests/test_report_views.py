@@ -75,6 +75,8 @@ def test_reverse_ranks_against_a_loop(data, metric):
   s = rev.summary
   assert s["settings"]["direction"] == "real_to_pred"
   assert fwd.summary["settings"]["direction"] == "pred_to_real"
+  assert set(table["direction"]) == {"real_to_pred"}
+  assert set(fwd.per_perturbation["direction"]) == {"pred_to_real"}
   assert s["n_candidates"] == N_PERT and s["hit_at_1"] == np.mean(want <= 1)
   assert list(rev.popularity["perturbation"]) == queries
   assert rev.popularity["top1_count"].sum() == N_PERT

@@ -89,7 +89,8 @@ class Report:
       (``pvalue <= 0.05``), ``correct`` (``rank <= k``), ``own_score``,
       ``top1`` (the real perturbation ranked first), ``n_cells_pred``,
       ``n_cells_real``; with `target_genes`, also ``excluded_genes`` (the
-      genes left out of that row's distances, joined by ``;``).
+      genes left out of that row's distances, joined by ``;``); ``direction``
+      (the rank direction, the same in every row).
     curves: name (``"model"`` and each baseline) → `AucF1Result` of numpy
       arrays: the F1(α) step curve and its area (SPEC §4).
     baseline_tables: baseline name → its per-perturbation table (same columns).
@@ -1577,9 +1578,10 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
 
   # --- report.
   table = model.table(ranked, k, pcounts[:n_q], query_n_real)
-  if targets is not None:
-    for t in (table, *baseline_tables.values()):
+  for t in (table, *baseline_tables.values()):
+    if targets is not None:
       t["excluded_genes"] = targets.names(t["perturbation"])
+    t["direction"] = direction  # the CSV says what each rank is among
   popularity = pd.DataFrame({"perturbation": ranked, "n_cells": (
       pcounts[:n_q] if direction == "real_to_pred" else cand_n), "top1_count": model.popularity})
   stats = model.stats(k, b)
