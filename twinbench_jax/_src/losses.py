@@ -1,17 +1,20 @@
 """AUC-F1 as a training signal: a differentiable loss and a cheap hard validation (SPEC §5).
 
-Both factories close over a model `predict_fn(params, inputs) -> [b, G]`, the
-candidate profiles and the relevance, and return a function of
-`(params, batch, key)`:
+The factories close over a model `predict_fn(params, inputs) -> [b, G]` (or a
+Flax NNX module, then passed in place of `params`), the candidate profiles
+and the relevance, and return a function of `(params, batch, key)`:
 
-- `soft_auc_f1_loss` returns `1 - tb.soft_auc_f1` with a model-in-the-loop
+- `make_soft_auc_f1_loss` (also `soft_auc_f1_loss`) returns
+  `1 - tb.soft_auc_f1` (`tb.auc_f1_loss` of the model's predictions) with a model-in-the-loop
   null: the null own scores come from the model's own predictions on `n_null`
   randomised copies of the batch's inputs, and gradients flow through both the
   real and the randomised-input predictions. A model earns a low loss only by
   ranking each query's truth first *and* by predicting something that depends
   on its input.
-- `hard_auc_f1_validation` returns the exact AUC-F1 of SPEC §4 (the same null,
-  hard ranks, hard p-values), jitted, for monitoring each epoch.
+- `hard_auc_f1_validation` returns the exact AUC-F1 of SPEC §4 (the null of
+  `tb.model_null`, hard ranks, hard p-values), jitted, for monitoring each
+  epoch; `make_auc_f1_metric_update` accumulates the same metric over batches
+  in a `tb.AucF1Metric`.
 
 **The batch.** A `QueryBatch(inputs, rows)` (or any pair `(inputs, rows)`):
 `inputs` is the pytree `predict_fn` takes, with a leading axis of `b` queries,
@@ -39,12 +42,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from twinbench_jax._src import auc as auc_lib
 from twinbench_jax._src import metrics as metrics_lib
 from twinbench_jax._src import models
 from twinbench_jax._src import nulls
 from twinbench_jax._src import own_scores as own_lib
-from twinbench_jax._src import pvalues as pvalues_lib
 from twinbench_jax._src import randomize as randomize_lib
 from twinbench_jax._src import ranking
 from twinbench_jax._src import similarity as similarity_lib
