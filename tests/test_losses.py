@@ -49,7 +49,8 @@ def _manual(params, batch, key, refs, temperature=0.1, stop_null=False):
   null = jax.vmap(lambda xb: _own(xb, refs, batch.rows))(null_x)
   if stop_null:
     null = jax.lax.stop_gradient(null)
-  return 1.0 - tb.soft_auc_f1(s, rel, own, null, temperature=temperature)
+  # the loss's default units are the global ones (docs/soft_relaxation.md)
+  return 1.0 - tb.soft_auc_f1(s, rel, own, null, temperature=temperature, relative="global")
 
 
 # One loss for the tests below, so its value-and-grad compiles once for the file.
@@ -133,7 +134,7 @@ def test_several_relevant_candidates_and_other_randomisers():
                              jax.random.split(key, 4))])
     s = jax.vmap(lambda xb: tb.similarity(xb, refs, metric="cosine"))(x)
     own = jax.vmap(lambda sb: tb.own_scores(sb, rel))(s)
-    return 1.0 - tb.soft_auc_f1(s[0], rel, own[0], own[1:])
+    return 1.0 - tb.soft_auc_f1(s[0], rel, own[0], own[1:], relative="global")
 
   value, grads = jax.jit(jax.value_and_grad(loss))(params, batch, key)
   np.testing.assert_allclose(value, expected(params), rtol=1e-5)
