@@ -199,3 +199,15 @@ def test_cli_direction_and_candidate_level(data, tmp_path):
   assert saved["settings"]["direction"] == "real_to_pred"
   assert saved["candidate_auc_f1"] == want.summary["candidate_auc_f1"]
   assert [r["rank"] for r in saved["per_perturbation"]] == list(want.per_perturbation["rank"])
+
+
+def test_compare_refuses_mixed_directions_and_reads_older_reports(data):
+  real, pred, *_ = data
+  fwd = tb.evaluate(pred, real, baselines=("mean",))
+  rev = tb.evaluate(pred, real, baselines=("mean",), direction="real_to_pred")
+  with pytest.raises(ValueError, match="settings.direction"):
+    tb.compare(fwd, rev)
+  older = fwd.to_dict()  # saved before the option existed: ranked pred_to_real
+  del older["settings"]["direction"]
+  table = tb.compare(older, fwd, names=["a", "b"]).table
+  assert table.loc["a", "auc_f1"] == table.loc["b", "auc_f1"] == fwd.auc_f1

@@ -24,6 +24,8 @@ _SAME_FIELDS = ("metric_version", "null", "n_null", "k", "alpha", "n_queries", "
 # Settings that describe the prediction file only; everything else must agree.
 _PER_MODEL_SETTINGS = frozenset({"pred", "pred_perturbation_key", "pred_layer", "pred_normalize",
                                  "name", "real"})
+# Settings added after reports were first saved: a report without one used this value.
+_SETTING_DEFAULTS = {"direction": "pred_to_real"}
 # Columns of the table, in order.
 # Row names of the calibration baselines (SPEC §6).
 BASELINE_LABELS = {"split_half": "split-half baseline", "mean": "mean baseline",
@@ -161,8 +163,8 @@ def _check_comparable(datas: list[dict], names: list[str]) -> tuple[dict, list[s
   notes = []
   for field in _SAME_FIELDS:
     _check_same(field, [d.get(field) for d in datas], names)
-  settings = [{k: v for k, v in d["settings"].items() if k not in _PER_MODEL_SETTINGS}
-              for d in datas]
+  settings = [{k: v for k, v in {**_SETTING_DEFAULTS, **d["settings"]}.items()
+               if k not in _PER_MODEL_SETTINGS} for d in datas]
   for key in sorted(set().union(*settings)):
     _check_same(f"settings.{key}", [s.get(key) for s in settings], names)
   _check_same("perturbations", [_perturbations(d) for d in datas], names)
