@@ -17,7 +17,10 @@ Runs, in this order (each part can be skipped with ``--skip``):
   simulated CPU devices, a GPU run when there is a GPU (`bench_scaling.py`);
 - ``cell_eval``: the side by side with cell-eval (`bench_cell_eval.py`),
   skipped when cell-eval is not installed (``pip install -e ".[bench]"``;
-  ``--cell-eval-python`` points at another environment's interpreter).
+  ``--cell-eval-python`` points at another environment's interpreter);
+- ``cli``: the command lines against each other, interleaved new processes,
+  with the first run after a fresh install and where the time goes
+  (`bench_cli.py`; also skipped without cell-eval).
 
 Writes `OUT/benchmarks.json` (every number), `OUT/benchmarks.md` (markdown
 tables), `OUT/benchmark_scaling.png` and `OUT/cell_eval_mean_baseline.png`.
@@ -43,14 +46,15 @@ import time
 from benchmarks import _common
 
 PARTS = ("core", "null", "soft", "soft_tracking", "evaluate", "soft_training", "scaling",
-         "cell_eval")
+         "cell_eval", "cli")
 SCRIPTS = {"core": "bench_core", "null": "bench_null", "soft": "bench_soft",
            "soft_tracking": "bench_soft_tracking",
-           "evaluate": "bench_evaluate", "soft_training": "bench_soft_training"}
+           "evaluate": "bench_evaluate", "soft_training": "bench_soft_training",
+           "cli": "bench_cli"}
 SCRIPT_TIMEOUT = {"tiny": 240, "quick": 300, "full": 1200}
 # parts that need longer than SCRIPT_TIMEOUT at some size
 PART_TIMEOUT = {("soft_training", "full"): 3600, ("soft_training", "quick"): 600,
-                ("soft_tracking", "full"): 3600}
+                ("soft_tracking", "full"): 3600, ("cli", "full"): 2400, ("cli", "quick"): 900}
 CELL_EVAL_PAIRS = {"tiny": ["synthetic_30"], "quick": ["synthetic_200"],
                    "full": ["synthetic_200", "synthetic_1000", "papalexi"]}
 CELL_EVAL_SIZES = {"tiny": dict(n_genes=200, cells=20), "quick": {}, "full": {}}
@@ -208,6 +212,10 @@ def write_report(results: dict, out_dir: str) -> str:
     lines += ["## Scaling", "", bench_scaling.markdown(results["scaling"]), ""]
     if results.get("scaling_plot"):
       lines += [f"![scaling]({os.path.basename(results['scaling_plot'])})", ""]
+  if "cli" in results:  # bench_cli prints its own section, title included
+    res = results["cli"]
+    lines.append(res["stdout"].strip() + "\n" if res.get("stdout", "").strip() else
+                 _script_section("Command line against cell-eval's (`bench_cli.py`)", res))
   if "cell_eval" in results:
     from benchmarks import bench_cell_eval
 
@@ -266,6 +274,8 @@ def main(argv=None) -> int:
     parser.error("give either --only or --skip, not both")
   if only:
     skip = set(PARTS) - only
+  if args.cell_eval_python:  # for the parts run as scripts (bench_cli)
+    os.environ["TWINBENCH_CELL_EVAL_PYTHON"] = args.cell_eval_python
 
   t_start = time.perf_counter()
 
@@ -285,8 +295,8 @@ def main(argv=None) -> int:
       results = dict(kept, reruns=reruns)
       for part in only:
         results.pop(part, None)
-  for part in ("core", "null", "soft", "soft_tracking", "evaluate", "soft_training"):
-    if part not in skip:
+  for part in ("core", "null", "soft", "soft_tracking", "evaluate", "soft_training", "cli"):
+    if part not in skip and not (part == "cli" and mode == "tiny"):
       results[part] = run_script(part, mode, log)
   if "scaling" not in skip:
     from benchmarks import bench_scaling

@@ -162,6 +162,13 @@ def test_pseudobulk_of_a_corrupt_matrix_names_the_cell():
     tb.pseudobulk(adata)
 
 
+@pytest.fixture(autouse=True)
+def _loops_at_any_size(monkeypatch):
+  # The loops pay for their import only on large data (`native.GROUP_SUMS_MIN_ENTRIES`);
+  # here they run on the small arrays too, so they are what is tested.
+  monkeypatch.setattr(native, "GROUP_SUMS_MIN_ENTRIES", 0)
+
+
 def _host_loops_off(monkeypatch):
   monkeypatch.setattr(native, "available", lambda: False)
 

@@ -66,8 +66,11 @@ def compilation_cache_dir(no_cache: bool = False) -> Optional[str]:
   return os.path.join(base, "twinbench_jax", "jax")
 
 
-def _enable_compilation_cache(no_cache: bool) -> Optional[str]:
-  """Points JAX's persistent compilation cache at `compilation_cache_dir` (CLI runs only).
+def _enable_compilation_cache(args: argparse.Namespace) -> Optional[str]:
+  """Points JAX's persistent compilation cache at `compilation_cache_dir`; returns the folder.
+
+  Only in a process of its own (`main()` reading `sys.argv`, not `--no-cache`):
+  `main(argv)` called from Python leaves the caller's JAX settings as they are.
 
   Every compile is kept, however short: the command line compiles the same
   few kernels in every new process, each in 0.1-0.5 s. The library itself
@@ -77,7 +80,9 @@ def _enable_compilation_cache(no_cache: bool) -> Optional[str]:
   decompress, and JAX then compiles anew (the warning it gives is silenced here). An
   unwritable folder leaves the cache off.
   """
-  directory = compilation_cache_dir(no_cache)
+  if not getattr(args, "own_process", False):
+    return None
+  directory = compilation_cache_dir(args.no_cache)
   if directory is None:
     return None
   try:
@@ -288,7 +293,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     inputs += [("--null", v) for v in null]
   _check_not_inside(args.out, [(f, p) for f, p in inputs if p and os.path.isfile(p)])
 
-  _enable_compilation_cache(args.no_cache)
+  _enable_compilation_cache(args)
   report = evaluate_lib.evaluate(
       args.pred, args.real, perturbation_key=args.perturbation_key,
       pred_perturbation_key=args.pred_perturbation_key,
@@ -406,7 +411,7 @@ def run_demo(args: argparse.Namespace, out=None) -> int:
                      f"{per_effect} genes), got {args.n_genes}")
   _check_seed(args.seed)
   _probe_output(args.out)
-  _enable_compilation_cache(args.no_cache)
+  _enable_compilation_cache(args)
   key = jax.random.key(args.seed)
   k_data, k_models = jax.random.split(key)
   data = simulate.simulate_perturbations(
@@ -460,7 +465,7 @@ def _run_real_demo(args: argparse.Namespace, out) -> int:
   _check_seed(args.seed)
   _probe_output(args.out)
   _check_not_inside(args.out, [("--real", args.real)])
-  _enable_compilation_cache(args.no_cache)
+  _enable_compilation_cache(args)
   src = profiles_lib.open_source(args.real, args.real)
   try:
     key, control = profiles_lib.resolve_keys(src, args.perturbation_key, args.control)
@@ -736,6 +741,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if getattr(args, "func", None) is None:
     parser.print_help()
     return 2
+  args.own_process = argv is None
   with output_dir.handle_signals() as received, warnings.catch_warnings():
     _one_line_warnings(args.command)
     try:

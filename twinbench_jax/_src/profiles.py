@@ -586,7 +586,7 @@ def group_sums(
   sums = np.zeros((n_groups, g), np.float64)
   counts = np.bincount(codes[codes >= 0], minlength=n_groups)[:n_groups]
 
-  compiled = native.available()
+  compiled = native.pays_for_group_sums(n * g)
 
   def block_sums(cells, block):
     """`(first group, [groups, G] partial sums)` of one block, or None when it has no used cell."""
