@@ -16,7 +16,8 @@ scores and null own scores), and the former default (``relative="global"``)
 for contrast. Nulls: `tb.model_null` (B = 99, shuffled input features),
 `tb.precomputed_null` (the same randomised predictions, passed as arrays)
 and `tb.label_null`. The gradient column is the gradient of
-`tb.soft_auc_f1_loss` (default settings, model in the loop) with respect to
+`tb.soft_auc_f1_loss` (model in the loop, the default local units of
+`tb.soft_auc_f1`: ``relative=True``) with respect to
 the model's weights: its norm, and the best change of the loss after a step
 along -∇ of 1e-2, 1e-3 or 1e-4 times ‖β‖ (same null draw; negative: the step
 raised the soft AUC-F1). A summary table gives, per setting, the largest
@@ -112,7 +113,10 @@ def run_setting(n_pert, configs, metrics, kinds, *, n_cells=20, grad_batch=None,
   y, models = make_models(n_pert, configs, n_cells=n_cells)
   rows = []
   for metric in metrics:
-    vg = jax.jit(jax.value_and_grad(tb.soft_auc_f1_loss(predict, y, metric=metric)))
+    # the gradient of the relaxation whose value is tabled: its default local units
+    # (the loss factory's own default is relative="global")
+    loss = tb.soft_auc_f1_loss(predict, y, metric=metric, relative=True)
+    vg = jax.jit(jax.value_and_grad(loss))
     for cfg, x, beta in models:
       t = time.perf_counter()
       results = nulls(y, x, beta, metric, kinds)

@@ -63,7 +63,7 @@ def test_default_soft_auc_f1_is_within_0_05_of_the_hard_one(null):
 def test_gradient_wrt_the_weights_is_finite_and_improves_the_metric():
   y, models = _models()
   x, beta = models[0]  # the weak model: where training starts
-  loss = tb.soft_auc_f1_loss(_predict, y, n_null=16)
+  loss = tb.soft_auc_f1_loss(_predict, y, n_null=16, relative=True)  # tb.soft_auc_f1's units
   batch = tb.QueryBatch(x, jnp.arange(N_PERT))
   key = jax.random.key(2)
   value_and_grad = jax.jit(jax.value_and_grad(loss))
