@@ -139,3 +139,48 @@ def test_small_pseudobulk_leaves_numba_unloaded(tmp_path):
                            [REPO, os.path.join(REPO, "tests")])})
   assert res.returncode == 0, res.stderr
   assert res.stdout.strip() == "False"
+
+
+def test_h5ad_elements_read_without_anndata_match_anndata(tmp_path):
+  # `profiles._read_elem` reads the plain encodings with h5py alone (importing anndata.io
+  # costs every command 0.5 s) and hands every other encoding to anndata.
+  import anndata
+  import h5py
+  import numpy as np
+  import pandas as pd
+  from anndata.io import read_elem
+
+  from twinbench_jax._src import profiles
+
+  n = 7
+  obs = pd.DataFrame({
+      "label": pd.Categorical(["a", "b", None, "a", "c", "b", "a"]),
+      "ordered": pd.Categorical([3, 1, 2, 3, 1, 2, 2], ordered=True),
+      "text": [f"cell{i}é" for i in range(n)],
+      "count": np.arange(n, dtype=np.int32),
+      "value": np.linspace(0, 1, n),
+      "flag": np.arange(n) % 2 == 0,
+      "nullable": pd.array([1, None, 3, 4, 5, 6, 7], dtype="Int64"),
+  }, index=[f"obs{i}" for i in range(n)])
+  adata = anndata.AnnData(np.zeros((n, 3), np.float32), obs=obs,
+                          var=pd.DataFrame(index=["g1", "g2", "g3"]))
+  adata.uns["perturbation_key"] = "label"
+  adata.uns["count"] = 5
+  path = tmp_path / "a.h5ad"
+  adata.write_h5ad(path)
+  with h5py.File(path) as f:
+    names = [f"obs/{k}" for k in (*obs.columns, "_index")] + ["var/_index", "uns/perturbation_key",
+                                                               "uns/count"]
+    for name in names:
+      want, got = read_elem(f[name]), profiles._read_elem(f[name])
+      assert type(got) is type(want), name
+      if isinstance(want, pd.Categorical):
+        assert got.equals(want) and got.ordered == want.ordered, name
+        pd.testing.assert_index_equal(got.categories, want.categories)
+      elif isinstance(want, np.ndarray):
+        assert got.dtype == want.dtype, name
+        np.testing.assert_array_equal(got, want)
+      elif isinstance(want, pd.api.extensions.ExtensionArray):  # nullable: anndata's reader
+        pd.testing.assert_extension_array_equal(got, want)
+      else:
+        assert got == want, name
