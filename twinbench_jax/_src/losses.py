@@ -215,7 +215,7 @@ def _real_and_null_predictions(setup: _Setup, model: _Model, inputs, keys):
   stacked = jax.tree_util.tree_map(lambda r, n: jnp.concatenate([r[None], n]), inputs,
                                    null_inputs)
   if model.graphdef is None:
-    x = jax.vmap(model.apply, in_axes=(None, 0))(model.params, stacked)
+    x = jax.vmap(lambda i: model.apply(model.params, i))(stacked)  # params may hold non-arrays
     return x[0], x[1:], None
   x, state = jax.vmap(lambda st, i: models.call(model.graphdef, st, i), in_axes=(None, 0))(
       model.params, stacked)
