@@ -18,8 +18,8 @@ one, and `soft_auc_f1` to `tb.auc_f1(...).auc`:
 is a fraction of the *local gap* around its truth (the mean distance to the
 nearest non-relevant score above and below it), τ_p of query `q` a fraction
 of the local gap around `m_q` among its null scores. At the default 0.1 the
-soft AUC-F1 stays within about 0.01 of the hard one (measured in
-``docs/soft_relaxation.md``). The gaps are under `jax.lax.stop_gradient`.
+soft AUC-F1 stays within 0.005 of the hard one at 200 and 5,000 candidates,
+0.023 at 20 (``docs/soft_relaxation.md``). The gaps are under `jax.lax.stop_gradient`.
 ``relative="global"`` gives the former units (spreads over all scores),
 ``relative=False`` score units. Cost: value and gradient in `O(Q·C + B·Q)`
 time and memory, plus an `O(Q log Q)` sort.
