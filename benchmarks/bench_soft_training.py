@@ -1,6 +1,7 @@
 """Training study: MSE alone vs MSE + λ·aux for the soft AUC-F1 and standard ranking losses.
 
     python -m benchmarks.bench_soft_training            # default size, writes docs/soft_training.md
+                                                        # (24 min on 2 shared CPU cores, 11 CPU-min)
     python -m benchmarks.bench_soft_training --quick    # small, benchmarks/_out/quick/
     python -m benchmarks.run --only soft_training       # through the runner (--quick there)
 
@@ -59,7 +60,7 @@ N_NULL_EVAL = 99   # null replicates of the per-checkpoint hard AUC-F1
 HIDDEN = 64
 STEPS_PER_ROUND = 8  # Adam steps between two checkpoints (a toy epoch at the default size)
 SIZES = {
-    "full": dict(seeds=5, rounds=20, collapsed_rounds=10, batch=64, lr=3e-3,
+    "full": dict(seeds=5, rounds=40, collapsed_rounds=15, batch=64, lr=3e-3,
                  tasks=("toy", "sim_linear", "sim_mlp", "lincs"), task_sizes={}),
     "quick": dict(seeds=2, rounds=4, collapsed_rounds=2, batch=64, lr=3e-3, tasks=("toy",),
                   task_sizes=dict(toy=dict(n_train=256, n_val=32, n_test=32))),
