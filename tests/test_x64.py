@@ -71,8 +71,6 @@ def test_precomputed_and_label_nulls():
   _assert_same(_run(lambda: tb.evaluate_arrays(x, y)))
 
 
-@pytest.mark.xfail(strict=True, reason="tb.soft_auc_f1 returns float64 for float32 scores "
-                   "under x64 (its temperatures are made in the default float dtype)")
 def test_soft_auc_f1():
   x, y, null = _data(3)
   rel = np.eye(Q, dtype=bool)
@@ -95,3 +93,20 @@ def test_losses_validation_and_metric_update():
   update = tb.make_auc_f1_metric_update(_scale, y, n_null=B)
   _assert_same(_run(lambda: update(tb.AucF1Metric.empty(Q, B), np.float32(1.5), batch,
                                    jax.random.key(0)).compute()))
+
+
+def test_soft_steps_keep_float32():
+  x, y, null = _data(4)
+  rel = np.eye(Q, dtype=bool)
+  s = tb.similarity(x, y)
+  own = tb.own_scores(s, rel)
+  null_own = jax.vmap(lambda xb: tb.own_scores(tb.similarity(xb, y), rel))(null)
+
+  def run():
+    ranks = tb.soft_truth_ranks(s, rel)
+    p = tb.soft_empirical_pvalues(own, null_own)
+    return (ranks, tb.soft_hit_at_k(ranks, 1), p, tb.soft_called(p, 0.05, n_null=B),
+            tb.soft_f1_curve(jnp.asarray([0.1, 0.5], jnp.float32), p, jnp.ones(Q, jnp.float32),
+                             n_null=B))
+
+  _assert_same(_run(run), rtol=1e-5)

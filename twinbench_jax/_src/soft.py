@@ -66,7 +66,11 @@ Temperature = Union[float, jax.Array, SoftTemperatures, Sequence, Mapping]
 
 
 def _check_positive(value, name: str):
-  arr = jnp.asarray(value, dtype=jnp.result_type(float))
+  # A Python number stays weakly typed, so it takes the data's precision (float32 inputs stay
+  # float32 under jax_enable_x64); an integer becomes the default float.
+  arr = jnp.asarray(value)
+  if not jnp.issubdtype(arr.dtype, jnp.floating):
+    arr = arr.astype(jnp.result_type(float))
   if arr.ndim != 0:
     raise ValueError(f"`{name}` must be a scalar, got shape {tuple(arr.shape)}")
   if validation.is_concrete(arr):
@@ -494,8 +498,9 @@ def soft_auc_f1(scores: jax.Array, relevance: jax.Array, own_scores: jax.Array,
   for x, name in ((s, "scores"), (m, "own_scores"), (mb, "null_own_scores")):
     validation.check_no_nan(x, name)
   _check_relative(relative)
-  temps = resolve_temperatures(temperature)
   dtype = jnp.result_type(s.dtype, m.dtype, mb.dtype)
+  # In the scores' precision: float32 inputs stay float32 under jax_enable_x64.
+  temps = SoftTemperatures(*(t.astype(dtype) for t in resolve_temperatures(temperature)))
   out = _soft_auc_f1(s.astype(dtype), rel, m.astype(dtype), mb.astype(dtype), temps,
                      jnp.asarray(k, dtype), relative=relative, alpha_grid=alpha_grid,
                      alpha_chunk=alpha_chunk)
