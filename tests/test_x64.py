@@ -110,3 +110,13 @@ def test_soft_steps_keep_float32():
                              n_null=B))
 
   _assert_same(_run(run), rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["softmax_ce_loss", "pairwise_logistic_loss", "approx_mrr_loss",
+                                  "soft_hit_loss"])
+def test_ranking_losses_keep_float32(loss):
+  x, y, _ = _data(5)
+  rel = np.eye(Q, dtype=bool)
+  s = tb.similarity(x, y)
+  fn = getattr(tb, loss)
+  _assert_same(_run(lambda: jax.value_and_grad(lambda t: fn(t, rel))(s)), rtol=1e-5)

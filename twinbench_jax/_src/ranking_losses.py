@@ -23,8 +23,10 @@ values, and a query without a valid relevant candidate contributes 0 and is
 left out of the mean (never NaN). Temperatures are, by default, fractions of
 the score spread (``relative=True``: the mean absolute deviation of each
 query's valid scores, averaged over queries, under `stop_gradient`), so one
-temperature means the same sharpness for any metric or data set, as in
-`tb.soft_auc_f1`.
+temperature means the same sharpness for any metric or data set: the units of
+``relative="global"`` in `tb.soft_auc_f1` and of the loss factories'
+default. `soft_hit_loss` takes the units of `tb.soft_truth_ranks` (local gaps
+around each truth by default).
 """
 
 from __future__ import annotations
@@ -53,7 +55,10 @@ def _inputs(scores, relevance, where):
 
 
 def _check_temperature(temperature, name="temperature"):
-  tau = jnp.asarray(temperature, dtype=jnp.result_type(float))
+  # A Python number stays weakly typed: float32 scores stay float32 under jax_enable_x64.
+  tau = jnp.asarray(temperature)
+  if not jnp.issubdtype(tau.dtype, jnp.floating):
+    tau = tau.astype(jnp.result_type(float))
   if tau.ndim != 0:
     raise ValueError(f"`{name}` must be a scalar, got shape {tuple(tau.shape)}")
   if validation.is_concrete(tau):
