@@ -14,6 +14,11 @@ written to a hidden folder beside `DIR`, which takes its place in one step
 when complete. Exit codes: 0 success, 2 bad input or an output folder that
 cannot be written, 130 on SIGINT (Ctrl-C), 143 on SIGTERM; an interrupted run
 leaves `DIR` as it was and nothing behind.
+
+Start-up: `evaluate` and `demo` keep JAX's compiled kernels in a per-user
+folder (`compilation_cache_dir`; ``--no-cache`` or
+``TWINBENCH_COMPILATION_CACHE=0`` turns it off), and the process ends with
+`os._exit` once its output is flushed, without the interpreter's teardown.
 """
 
 from __future__ import annotations
