@@ -69,11 +69,8 @@ from twinbench_jax._src.soft import (
     soft_truth_ranks,
 )
 from twinbench_jax._src.toy_task import ToyTask, make_toy_task, toy_mlp_init, toy_mlp_predict
+from twinbench_jax._src.version import METRIC_VERSION, __version__
 
-__version__ = "0.1.0"
-# Bumped whenever the meaning of a reported number changes (SPEC.md), so saved
-# reports from different definitions are never silently compared.
-METRIC_VERSION = "1"
 
 __all__ = [
     "BASELINES",

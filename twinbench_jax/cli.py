@@ -532,6 +532,16 @@ def build_parser() -> argparse.ArgumentParser:
       description="TwinBench: rank-based, bias-corrected evaluation of virtual-cell models.")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+  ev = _add_evaluate_parser(sub)
+  _add_expression_options(ev)
+  _add_scoring_options(ev)
+  _add_compare_parser(sub)
+  _add_demo_parser(sub)
+  return parser
+
+
+def _add_evaluate_parser(sub) -> argparse.ArgumentParser:
+  """`twinbench evaluate`: its description, files and label options."""
   ev = sub.add_parser(
       "evaluate", help="score predicted against real perturbation profiles (.h5ad files)",
       description="Score predictions (--pred) against real data (--real). Each predicted "
@@ -566,6 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="perturbations on one side only: error (default), intersect (score "
                     "the shared ones), keep_real (also keep unpredicted real ones as "
                     "candidates)")
+  return ev
+
+
+def _add_expression_options(ev) -> None:
+  """`twinbench evaluate`: how expression is read, normalised and compared."""
   expr = ev.add_argument_group("expression")
   expr.add_argument("--layer", metavar="L", default=None,
                     help="read this layer instead of X (both files)")
@@ -597,6 +612,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "holding each cell's target gene (e.g. obs:grna_target). Targets outside "
                     "the evaluated genes are ignored with a note; unknown perturbations are an "
                     "error")
+
+
+def _add_scoring_options(ev) -> None:
+  """`twinbench evaluate`: similarity, null, baselines and the run options."""
   score = ev.add_argument_group("scoring")
   score.add_argument("--metric", choices=similarity_lib.METRICS, default="sqeuclidean",
                      help="similarity between profiles (default sqeuclidean)")
@@ -637,8 +656,9 @@ def build_parser() -> argparse.ArgumentParser:
   _add_cache_flag(run)
   ev.set_defaults(func=run_evaluate)
 
-  _add_compare_parser(sub)
 
+def _add_demo_parser(sub) -> None:
+  """`twinbench demo`."""
   demo = sub.add_parser(
       "demo", help="simulate a screen, write it as .h5ad files and evaluate three models",
       description="Simulate a small perturbation screen (a large shared 'popular' response plus "
@@ -667,8 +687,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --real: control label (default from uns)")
   _add_cache_flag(demo)
   demo.set_defaults(func=run_demo)
-  return parser
-
 
 def _add_cache_flag(group) -> None:
   group.add_argument("--no-cache", action="store_true",

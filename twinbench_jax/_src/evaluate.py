@@ -37,6 +37,7 @@ from twinbench_jax._src import pvalues as pvalues_lib
 from twinbench_jax._src import ranking
 from twinbench_jax._src import similarity as similarity_lib
 from twinbench_jax._src import validation
+from twinbench_jax._src import version
 
 DELTAS = ("none", "control", "pred_control", "mean")
 # Rank directions: each prediction among the real profiles (default), or each
@@ -1585,11 +1586,10 @@ def _evaluate(pred, real, *, perturbation_key, pred_perturbation_key, control, i
   popularity = pd.DataFrame({"perturbation": ranked, "n_cells": (
       pcounts[:n_q] if direction == "real_to_pred" else cand_n), "top1_count": model.popularity})
   stats = model.stats(k, b)
-  from twinbench_jax import METRIC_VERSION, __version__
 
   summary = {
-      "twinbench_version": __version__,
-      "metric_version": METRIC_VERSION,
+      "twinbench_version": version.__version__,
+      "metric_version": version.METRIC_VERSION,
       **stats,
       "k": k,
       "normalized_rank": float(np.mean((model.ranks - 1.0) / np.maximum(
