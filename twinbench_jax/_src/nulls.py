@@ -622,8 +622,10 @@ def _bytes_per_replicate(q: int, c: int, g: int, candidate_level: bool, inputs: 
 
 
 def _progress_bar(total: int, progress: bool, desc: str):
-  # disable=None: shown on a terminal, silent when stderr is not one.
-  return tqdm(total=total, desc=desc, unit="chunk", disable=None if progress else True)
+  # disable=None: shown on a terminal, silent when stderr is not one; one bar per job
+  # (process 0's) when several processes run it.
+  show = progress and jax.process_index() == 0
+  return tqdm(total=total, desc=desc, unit="chunk", disable=None if show else True)
 
 
 def _stream(n_chunks: int, run_chunk: Callable[[int], dict], progress: bool, desc: str):
@@ -635,7 +637,7 @@ def _stream(n_chunks: int, run_chunk: Callable[[int], dict], progress: bool, des
   with _progress_bar(n_chunks, progress, desc) as bar:
     pending = None
     for i in range(n_chunks):
-      out = run_chunk(i)
+      out = sharding.host_local(run_chunk(i))
       owns.append(out["own"])
       for k, v in out.items():
         if k != "own":
@@ -718,6 +720,13 @@ def model_null(
   another `chunk_size`; set ``XLA_FLAGS=--xla_gpu_deterministic_ops=true``
   where the last bits must match across chunk sizes.
 
+  Several processes (hosts): after `jax.distributed.initialize()` every
+  process runs this same call with the same full inputs (host-local arrays,
+  identical everywhere; checked through the observed own scores). The
+  replicates are split over the devices of all processes, and every process
+  gets the whole `NullResult` back as ordinary arrays, bit-identical to one
+  process's (replicate `b` keeps its key and batch; only its device changes).
+
   Args:
     predict_fn: JAX-traceable `inputs -> [Q, G]` predictions: a plain function,
       `functools.partial(apply, params)` (the arrays among its arguments are
@@ -748,8 +757,10 @@ def model_null(
     batch_size: replicates vmapped together on a device, the unit of working
       memory; None: as many as fit in about 256 MiB on a CPU, or a sixteenth of
       an accelerator's memory (at most 64, at most `B`).
-    devices: devices to split replicates over; None: `jax.devices()`.
-    progress: show a progress bar over chunks (on a terminal).
+    devices: devices to split replicates over; None: `jax.devices()` (in a
+      `jax.distributed` job, those of every process).
+    progress: show a progress bar over chunks (on a terminal; in a
+      `jax.distributed` job, process 0's only).
     module_mode: for a Flax NNX `predict_fn`: ``"eval"`` (default) runs an
       eval-mode copy (`Module.eval()`: Dropout off, BatchNorm on its running
       averages), the usual way to evaluate; ``"as_is"`` runs the module as it
@@ -791,6 +802,11 @@ def model_null(
   x_obs = _predict(params, inputs, key, apply=apply, randomize=rand, batch=layout.batch)
   validation.check_no_nan(x_obs, "predict_fn(inputs)")
   x_obs, y, mode, ctx, own_obs, s_obs = _observed(x_obs, y, rel, metric, own_score)
+  sharding.check_same_on_processes(
+      (key if key.dtype == np.uint32 else jax.random.key_data(key),
+       np.array((n_null,) + tuple(layout)), own_obs),
+      "`key`, `n_null` or the observed own scores (from `predict_fn`, `inputs`, `references`, "
+      "`relevance`)")
   args = sharding.replicated(
       (key, params, inputs, x_obs, own_obs, s_obs if candidate_level else None, ctx), mesh)
   kernel = functools.partial(
@@ -872,6 +888,10 @@ def precomputed_null(
                                  _bytes_per_replicate(q, c, g, candidate_level, ()),
                                  batch_bytes=sharding.batch_bytes(mesh.devices.ravel()),
                                  max_chunk=max(1, _HOST_CHUNK_BYTES // (4 * q * g)))
+  sharding.check_same_on_processes(
+      (np.array((n_null,) + tuple(layout)), own_obs),
+      "the number of null replicates or the observed own scores (from `predictions`, "
+      "`references`, `relevance`)")
   args = sharding.replicated((x_obs, own_obs, s_obs if candidate_level else None, ctx), mesh)
   kernel = functools.partial(
       _precomputed_chunk, mesh=mesh, per_device=layout.per_device, batch=layout.batch,

@@ -5,6 +5,18 @@ devices with the replicate axis split across it; everything else (inputs,
 references, observed scores) is replicated. A kernel call (a chunk) hands
 `per_device` consecutive replicates to each device, which runs them in a loop
 over fixed-size vmapped batches; replicates past `B` are skipped or masked.
+
+Several processes (multi-host). After `jax.distributed.initialize()`,
+`jax.devices()` lists the devices of every process, and the same mesh spans
+them all: a multi-controller job where every process runs the same program.
+Each process passes the same full inputs (host-local numpy or JAX arrays,
+identical on every process); `replicated` and `split_replicates` then place on
+each process only the shards of its own devices (`jax.make_array_from_callback`),
+the kernels run once over the global mesh, and their outputs, fully replicated,
+are read back as ordinary single-device arrays on every process
+(`host_local`). Replicate `b` keeps the key `fold_in(key, b)` and its batch, so
+the results are bit-identical to one process; only which device computes it
+changes.
 """
 
 from __future__ import annotations
@@ -68,7 +80,10 @@ def batch_bytes(devices: Sequence[Any]) -> int:
   `DEFAULT_CHUNK_BYTES` on a CPU; on an accelerator a fraction of its memory
   (`ACCELERATOR_MEMORY_FRACTION`), where larger batches keep it busy.
   """
-  dev = devices[0]
+  # A device of this process: another process's device has no memory stats here, and
+  # every process must pick the same batch (they run one program).
+  mine = [d for d in devices if d.process_index == jax.process_index()]
+  dev = (mine or list(devices))[0]
   if dev.platform == "cpu":
     return DEFAULT_CHUNK_BYTES
   try:
@@ -138,11 +153,66 @@ def varying(tree: Any) -> Any:
   return tree
 
 
+def _place(tree: Any, target: NamedSharding) -> Any:
+  """`jax.device_put(tree, target)`, also where `target` spans other processes' devices.
+
+  Then every process holds the whole value (the same on all of them) and
+  places the shards of its own devices; a committed JAX array cannot be
+  `device_put` onto devices it cannot address.
+  """
+  if target.is_fully_addressable:
+    return jax.device_put(tree, target)
+
+  def one(leaf):
+    leaf = leaf if hasattr(leaf, "shape") else np.asarray(leaf)
+    return jax.make_array_from_callback(leaf.shape, target, lambda index: leaf[index])
+
+  return jax.tree.map(one, tree)
+
+
 def replicated(tree: Any, mesh: Mesh) -> Any:
   """Places every leaf of `tree` on all devices of `mesh` (fully replicated)."""
-  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+  return _place(tree, NamedSharding(mesh, PartitionSpec()))
 
 
 def split_replicates(tree: Any, mesh: Mesh) -> Any:
   """Places every leaf of `tree` with its leading (replicate) axis split over `mesh`."""
-  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(AXIS)))
+  return _place(tree, NamedSharding(mesh, PartitionSpec(AXIS)))
+
+
+def check_same_on_processes(tree: Any, what: str) -> None:
+  """Raises unless every process holds bit-identical leaves of `tree` (one process: no-op).
+
+  Each process places its own shards from its own copy of the inputs, so inputs
+  that differ between processes would mix silently into one result.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(tree)]
+  gathered = multihost_utils.process_allgather(leaves)
+  for leaf, rows in zip(leaves, gathered):
+    if len({np.asarray(row).tobytes() for row in rows}) > 1:
+      raise ValueError(
+          f"{what} differ between the {jax.process_count()} processes of this "
+          f"jax.distributed job (an array of shape {leaf.shape}); every process must pass the "
+          "same full inputs")
+
+
+def host_local(tree: Any) -> Any:
+  """Fully replicated arrays that span other processes -> this process's copy.
+
+  Each leaf becomes the single-device array on this process's first device
+  of its sharding (no copy, no communication), so it mixes with the ordinary
+  arrays of this process; arrays of this process alone are returned as they are.
+  """
+
+  def one(leaf):
+    if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable:
+      return leaf
+    if not leaf.is_fully_replicated:
+      raise ValueError(f"an array sharded as {leaf.sharding} spans other processes and is not "
+                       "fully replicated, so this process cannot read it whole")
+    return leaf.addressable_data(0)
+
+  return jax.tree.map(one, tree)
