@@ -1,7 +1,7 @@
 """Training study: MSE alone vs MSE + λ·aux for the soft AUC-F1 and standard ranking losses.
 
     python -m benchmarks.bench_soft_training            # default size, writes docs/soft_training.md
-                                                        # (24 min on 2 shared CPU cores, 11 CPU-min)
+                                                        # (20 min on 2 shared CPU cores)
     python -m benchmarks.bench_soft_training --quick    # small, benchmarks/_out/quick/
     python -m benchmarks.run --only soft_training       # through the runner (--quick there)
 
@@ -11,12 +11,18 @@ ones). Every run: Adam, minibatches, the main loss MSE / MSE of the training
 mean (so λ weighs the same on every task), plus λ·aux with the same λ and the
 same temperatures on every task:
 
-- ``soft_auc_f1``: `1 - tb.soft_auc_f1` at its default temperature, with a
-  model-in-the-loop null inside the loss (`N_NULL_TRAIN` replicates of the
-  batch's inputs under `tb.shuffle_features`, fresh each step);
+- ``soft_auc_f1``: the loss of `tb.make_soft_auc_f1_loss` at its defaults
+  (default temperature, ``relative="global"``: fractions of the global score
+  spreads), with a model-in-the-loop null inside the loss (`N_NULL_TRAIN`
+  replicates of the batch's inputs under `tb.shuffle_features`, fresh each
+  step, drawn as the factory draws them; checked against the factory in the
+  smoke test);
+- ``soft_auc_f1_local``: the same at the tracking units of `tb.soft_auc_f1`'s
+  default (``relative="local"``: fractions of each query's local gaps);
 - ``infonce``, ``pairwise``, ``approx_mrr``: `tb.softmax_ce_loss`,
   `tb.pairwise_logistic_loss`, `tb.approx_mrr_loss` at τ = `TAU` (relative);
-- ``soft_hit``: `tb.soft_hit_loss` (the soft AUC-F1 without its null term).
+- ``soft_hit``: `tb.soft_hit_loss` with ``relative="global"`` (the ``soft_auc_f1``
+  row without its null term).
 
 The candidates of every auxiliary loss are all training targets. Training
 runs in rounds of `STEPS_PER_ROUND` Adam steps on minibatches (one epoch of
@@ -52,7 +58,12 @@ from benchmarks import _common
 from benchmarks import soft_training_tasks as tasks_lib
 from benchmarks import soft_training_report as report
 
-LOSSES = ("mse", "soft_auc_f1", "infonce", "pairwise", "approx_mrr", "soft_hit")
+LOSSES = ("mse", "soft_auc_f1", "soft_auc_f1_local", "infonce", "pairwise", "approx_mrr",
+          "soft_hit")
+# temperature units of the soft AUC-F1 rows (default temperature in both): the loss
+# factory's default (`tb.make_soft_auc_f1_loss`, what the README trains with) and the
+# tracking units of `tb.soft_auc_f1`'s default (a validation signal)
+SOFT_AUC_F1_UNITS = {"soft_auc_f1": "global", "soft_auc_f1_local": "local"}
 LAMBDA = 1.0       # weight of every auxiliary loss, every task (the README example's λ)
 TAU = 0.1          # temperature of the three standard ranking losses (fraction of the spread)
 N_NULL_TRAIN = 16  # null replicates per step inside the soft AUC-F1 loss
@@ -102,17 +113,25 @@ def _null_inputs(key, x, n):
   return jax.vmap(lambda k: SHUFFLE(k, x))(keys)
 
 
+def _train_null_inputs(key, x):
+  """`[N_NULL_TRAIN, b, D]` shuffled inputs, drawn as inside `tb.make_soft_auc_f1_loss`."""
+  return jax.vmap(SHUFFLE, in_axes=(0, None))(jax.random.split(key, N_NULL_TRAIN), x)
+
+
 def aux_loss(kind, params, x, rows, refs, key):
   """The auxiliary loss `kind` of a batch (`rows` index the truths among `refs`)."""
-  pred = predict(params, x)
+  # real and null predictions in one vmapped call, as the loss factory makes them
+  if kind in SOFT_AUC_F1_UNITS:
+    preds = jax.vmap(lambda xi: predict(params, xi))(
+        jnp.concatenate([x[None], _train_null_inputs(key, x)]))
+    pred = preds[0]
+  else:
+    pred = predict(params, x)
   s = tb.similarity(pred, refs)
   rel = jax.nn.one_hot(rows, refs.shape[0], dtype=bool)
-  if kind == "soft_auc_f1":
-    null_pred = jax.vmap(lambda xi: predict(params, xi))(_null_inputs(key, x, N_NULL_TRAIN))
-    truth = refs[rows]
-    m = -jnp.sum((pred - truth) ** 2, axis=-1)
-    mb = -jnp.sum((null_pred - truth) ** 2, axis=-1)
-    return 1.0 - tb.soft_auc_f1(s, rel, m, mb)
+  if kind in SOFT_AUC_F1_UNITS:
+    own = -jnp.sum((preds - refs[rows]) ** 2, axis=-1)  # similarity to the truth
+    return 1.0 - tb.soft_auc_f1(s, rel, own[0], own[1:], relative=SOFT_AUC_F1_UNITS[kind])
   if kind == "infonce":
     return tb.softmax_ce_loss(s, rel, temperature=TAU)
   if kind == "pairwise":
@@ -120,7 +139,7 @@ def aux_loss(kind, params, x, rows, refs, key):
   if kind == "approx_mrr":
     return tb.approx_mrr_loss(s, rel, temperature=TAU)
   if kind == "soft_hit":
-    return tb.soft_hit_loss(s, rel)
+    return tb.soft_hit_loss(s, rel, relative="global")
   raise ValueError(f"unknown auxiliary loss {kind!r}")
 
 

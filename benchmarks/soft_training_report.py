@@ -14,9 +14,10 @@ import os
 import numpy as np
 from scipy import stats
 
-LABELS = {"mse": "MSE alone", "soft_auc_f1": "+ soft AUC-F1", "infonce": "+ InfoNCE",
-          "pairwise": "+ pairwise logistic", "approx_mrr": "+ approx. MRR",
-          "soft_hit": "+ soft hit@1 (no null)"}
+LABELS = {"mse": "MSE alone", "soft_auc_f1": "+ soft AUC-F1 (loss default, global units)",
+          "soft_auc_f1_local": "+ soft AUC-F1, tracking units (local)",
+          "infonce": "+ InfoNCE", "pairwise": "+ pairwise logistic", "approx_mrr": "+ approx. MRR",
+          "soft_hit": "+ soft hit@1 (no null, global units)"}
 # validation signals, oriented so that larger is better
 SIGNALS = {"hard_auc_f1": ("hard AUC-F1", 1.0), "soft_auc_f1": ("soft AUC-F1", 1.0),
            "mse": ("MSE", -1.0), "pearson": ("Pearson of deltas", 1.0),
@@ -195,12 +196,18 @@ of {batch} perturbations, {rounds} rounds of {steps} steps (checkpoints; one rou
 epoch of the toy task), {seeds} seeds (a seed draws the task or the
 held-out split, the initialisation, the batch order and the null replicates). Main loss:
 MSE divided by the MSE of the training mean (so that λ weighs the same everywhere);
-auxiliary losses added with λ = {lam}: the soft AUC-F1 (`1 - tb.soft_auc_f1` at its
-default temperature, with a model-in-the-loop null of {n_null_train} replicates of the
-batch's inputs with shuffled features inside the loss), InfoNCE (`tb.softmax_ce_loss`),
-pairwise logistic (`tb.pairwise_logistic_loss`), approximate-rank MRR
-(`tb.approx_mrr_loss`), all three at τ = {tau} of the score spread, and the soft hit@1
-without the null term (`tb.soft_hit_loss`, default temperature). The candidates of every
+auxiliary losses added with λ = {lam}: the soft AUC-F1 as `tb.make_soft_auc_f1_loss`
+computes it at its defaults (default temperature, `relative="global"`: temperatures in
+units of the global score spreads; with a model-in-the-loop null of {n_null_train} replicates
+of the batch's inputs with shuffled features inside the loss, drawn as the factory draws
+them; checked against the factory in the smoke test), the same soft AUC-F1 in the tracking
+units of `tb.soft_auc_f1`'s default (`relative="local"`: fractions of each query's local
+gaps, the units in which the soft value tracks the hard metric), InfoNCE
+(`tb.softmax_ce_loss`), pairwise logistic (`tb.pairwise_logistic_loss`), approximate-rank
+MRR (`tb.approx_mrr_loss`), all three at τ = {tau} of the score spread, and the soft hit@1
+without the null term (`tb.soft_hit_loss`, default temperature, `relative="global"`: the
+first soft AUC-F1 row without its null). The validation signal "soft AUC-F1" is
+`tb.soft_auc_f1` at its defaults (tracking units). The candidates of every
 auxiliary loss are all training targets; similarities are negative squared Euclidean.
 
 **Evaluation** after every round on a validation set and a disjoint test set of held-out
@@ -245,7 +252,12 @@ def write(results, settings, out_dir):
             "simulator: every model, LINCS), the real-data task among them, without per-task "
             "tuning:", ""]
   for kind, g in goal(results).items():
-    lines.append(f"- {LABELS[kind]}: > 2 SE on {', '.join(g['groups']) or 'no task'}; goal "
+    verdict = lambda m, s: ("yes" if m > 2 * s else  # noqa: E731
+                            "no, lower by > 2 SE" if m < -2 * s else "no")
+    per_task = ", ".join(f"{t['name']} {verdict(m, s)} ({m:+.3f} ± {s:.3f})"
+                         for t in results for m, s in [gain(t, kind)])
+    lines.append(f"- {LABELS[kind]}: gain > 2 SE per task: {per_task}; task groups with "
+                 f"> 2 SE on every model: {', '.join(g['groups']) or 'none'}; goal "
                  f"{'met' if g['met'] else 'not met'}.")
   text = "\n".join(lines).rstrip() + "\n"
   with open(os.path.join(out_dir, "soft_training.md"), "w") as f:

@@ -128,13 +128,48 @@ def test_soft_training_null_is_model_null():
   assert float(flat["hard_auc_f1"]) == 0.0
 
 
+def test_soft_training_aux_is_the_loss_factory():
+  """The study's soft AUC-F1 rows are `tb.make_soft_auc_f1_loss` at its defaults / local units."""
+  import jax
+  import jax.numpy as jnp
+
+  import twinbench_jax as tb
+
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(24, 5)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(5, 16)), jnp.float32)
+  refs = x @ w + jnp.asarray(rng.normal(size=(24, 16)), jnp.float32)
+  params = {"w": 0.7 * w, "b": jnp.zeros(16)}
+  rows = jnp.asarray([3, 0, 17, 9, 21, 5])
+  key = jax.random.key(4)
+  batch = tb.QueryBatch(x[rows], rows)
+  n = bench_soft_training.N_NULL_TRAIN
+  values = {}
+  for kind, units in (("soft_auc_f1", None), ("soft_auc_f1_local", "local")):
+    ours = bench_soft_training.aux_loss(kind, params, x[rows], rows, refs, key)
+    kw = {} if units is None else dict(relative=units)  # None: the factory's own default
+    want = tb.make_soft_auc_f1_loss(bench_soft_training.predict, refs, n_null=n, **kw)(
+        params, batch, key)
+    np.testing.assert_allclose(float(ours), float(want), rtol=1e-5, atol=1e-6)
+    values[kind] = float(ours)
+  assert values["soft_auc_f1"] != values["soft_auc_f1_local"]  # the two units differ here
+  # the soft hit@1 row: the soft AUC-F1 row's rank and hit terms, same (global) units
+  s = tb.similarity(bench_soft_training.predict(params, x[rows]), refs)
+  rel = jax.nn.one_hot(rows, 24, dtype=bool)
+  np.testing.assert_allclose(
+      float(bench_soft_training.aux_loss("soft_hit", params, x[rows], rows, refs, key)),
+      float(1.0 - jnp.mean(tb.soft_hit_at_k(tb.soft_truth_ranks(s, rel, relative="global"),
+                                            1))), rtol=1e-6)
+
+
 def test_soft_training_tiny(tmp_path):
   """The study end to end at the tiniest size: page, figure, JSON, finite curves."""
   code = bench_soft_training.main(["--tiny", "--out", str(tmp_path), "--tasks", "toy",
                                    "--losses", "soft_auc_f1"])
   assert code == 0
   text = (tmp_path / "soft_training.md").read_text()
-  assert "## Task `toy`" in text and "+ soft AUC-F1" in text and "## Goal of issue 14" in text
+  assert "## Task `toy`" in text and "+ soft AUC-F1 (loss default" in text
+  assert "## Goal of issue 14" in text and ("toy yes" in text or "toy no" in text)
   assert (tmp_path / "soft_training_toy.png").is_file()
   summary = json.loads((tmp_path / "soft_training.json").read_text())
   losses = summary["tasks"]["toy"]["losses"]
