@@ -38,7 +38,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
-from tqdm import tqdm
 
 from twinbench_jax._src import auc as auc_lib
 from twinbench_jax._src import models
@@ -624,6 +623,8 @@ def _bytes_per_replicate(q: int, c: int, g: int, candidate_level: bool, inputs: 
 def _progress_bar(total: int, progress: bool, desc: str):
   # disable=None: shown on a terminal, silent when stderr is not one; one bar per job
   # (process 0's) when several processes run it.
+  from tqdm import tqdm  # imported when a null runs, not with the array core
+
   show = progress and jax.process_index() == 0
   return tqdm(total=total, desc=desc, unit="chunk", disable=None if show else True)
 
