@@ -55,17 +55,10 @@ def _inputs(scores, relevance, where):
 
 
 def _check_temperature(temperature, name="temperature"):
-  # A Python number stays weakly typed: float32 scores stay float32 under jax_enable_x64.
-  tau = jnp.asarray(temperature)
-  if not jnp.issubdtype(tau.dtype, jnp.floating):
-    tau = tau.astype(jnp.result_type(float))
-  if tau.ndim != 0:
-    raise ValueError(f"`{name}` must be a scalar, got shape {tuple(tau.shape)}")
+  """`soft`'s eager check; traced, a non-positive temperature poisons the loss instead."""
+  tau = soft._check_positive(temperature, name)
   if validation.is_concrete(tau):
-    if not (bool(jnp.isfinite(tau)) and float(tau) > 0):
-      raise ValueError(f"`{name}` must be a finite positive number, got {float(tau)}")
     return tau
-  # traced: a non-positive temperature poisons the loss instead of raising
   return validation.poison(tau, ~(tau > 0))
 
 
