@@ -184,7 +184,7 @@ def _pipeline_temp_mib(x, y) -> float:
 
   RSS cannot show it on warm calls: the runtime keeps the buffers between calls.
   """
-  from twinbench_jax._src import pipeline
+  from twinbench_jax._src.nulls import arrays as pipeline
 
   try:
     # The kernel `tb.evaluate_arrays(x, y)` runs (identity relevance).

@@ -120,10 +120,10 @@ args = cli.build_parser().parse_args(sys.argv[1:])
 args.own_process = True
 cli._enable_compilation_cache(args)
 import h5py
-from twinbench_jax._src import native
+from twinbench_jax._src.core import native
 native.available()
 t2 = time.perf_counter()
-from twinbench_jax._src import evaluate as ev
+from twinbench_jax._src.evaluate import evaluate as ev
 kw = dict(control=args.control, metric=args.metric, delta=args.delta,
           target_genes=args.target_genes, progress=False)
 rep = ev.evaluate(args.pred, args.real, **kw)
@@ -135,7 +135,7 @@ rep.save(os.path.join(tmp, "report"), plots=False)
 t5 = time.perf_counter()
 import matplotlib.figure, matplotlib.backends.backend_agg
 t6 = time.perf_counter()
-from twinbench_jax._src import plots
+from twinbench_jax._src.evaluate import plots
 plots.save_plots(rep, tmp)
 t7 = time.perf_counter()
 gc.collect()

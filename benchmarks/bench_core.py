@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import twinbench_jax as tb
-from twinbench_jax._src import auc as auc_lib
-from twinbench_jax._src import identity_pass
+from twinbench_jax._src.core import auc as auc_lib
+from twinbench_jax._src.core import identity_pass
 
 
 def timeit(fn, repeats):

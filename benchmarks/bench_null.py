@@ -39,7 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import twinbench_jax as tb
-from twinbench_jax._src import nulls, sharding
+from twinbench_jax._src.nulls import engine as nulls
+from twinbench_jax._src.nulls import sharding
 
 
 def _problem(q, c, g, d, seed=0):

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 import twinbench_jax as tb
-from twinbench_jax._src import soft
+from twinbench_jax._src.soft import relaxation as soft
 
 
 def _data(q, c, b, key=0):

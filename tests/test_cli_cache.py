@@ -150,7 +150,7 @@ def test_h5ad_elements_read_without_anndata_match_anndata(tmp_path):
   import pandas as pd
   from anndata.io import read_elem
 
-  from twinbench_jax._src import profiles
+  from twinbench_jax._src.data import profiles
 
   n = 7
   obs = pd.DataFrame({

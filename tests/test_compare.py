@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import twinbench_jax as tb
-from twinbench_jax._src.compare import BASELINE_LABELS
+from twinbench_jax._src.evaluate.compare import BASELINE_LABELS
 from adata_helpers import good_pred, make_real
 
 

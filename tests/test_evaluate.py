@@ -296,7 +296,7 @@ def test_popularity_plot_draws_every_count_most_popular_first(n):
 
   from matplotlib.figure import Figure
 
-  from twinbench_jax._src import plots
+  from twinbench_jax._src.evaluate import plots
 
   counts = np.random.default_rng(n).integers(0, 9, n)
   report = types.SimpleNamespace(

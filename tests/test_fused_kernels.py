@@ -9,7 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twinbench_jax._src import identity_pass, pvalues, ranking, sorting
+from twinbench_jax._src.core import identity_pass
+from twinbench_jax._src.core import pvalues
+from twinbench_jax._src.core import ranking
+from twinbench_jax._src.core import sorting
 
 
 def _separate(s, ties):

@@ -167,7 +167,7 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 import twinbench_jax as tb
-from twinbench_jax._src import sharding
+from twinbench_jax._src.nulls import sharding
 assert len(jax.devices()) == 2
 rng = np.random.default_rng(0)
 q, c, b = 8, 8, 5

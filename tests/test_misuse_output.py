@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from adata_helpers import good_pred, make_real
-from twinbench_jax._src import output_dir
-from twinbench_jax._src import plots as plots_lib
+from twinbench_jax._src.evaluate import output_dir
+from twinbench_jax._src.evaluate import plots as plots_lib
 from twinbench_jax.cli import main
 
 MANIFEST = ".twinbench-manifest.json"

@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 
 import twinbench_jax as tb
 from adata_helpers import make_real
-from twinbench_jax._src import evaluate as evaluate_lib
-from twinbench_jax._src import native
-from twinbench_jax._src import profiles as profiles_lib
-from twinbench_jax._src import threads as threads_lib
+from twinbench_jax._src.evaluate import evaluate as evaluate_lib
+from twinbench_jax._src.core import native
+from twinbench_jax._src.data import profiles as profiles_lib
+from twinbench_jax._src.core import threads as threads_lib
 
 pytestmark = pytest.mark.skipif(not native.available(),
                                 reason="numba is not installed (or TWINBENCH_NUMBA=0)")

@@ -408,7 +408,7 @@ def test_plain_function_and_partial_agree():
 
 
 def test_partial_arrays_are_traced_arguments():
-  from twinbench_jax._src import nulls  # pylint: disable=g-import-not-at-top
+  from twinbench_jax._src.nulls import engine as nulls  # pylint: disable=g-import-not-at-top
   params, _, _, _ = toy(seed=17)
   apply, dynamic = nulls._split_predict(functools.partial(mlp_apply, params,
                                                           activation=jnp.tanh))

@@ -10,9 +10,9 @@ import scipy.sparse as sp
 
 import twinbench_jax as tb
 from adata_helpers import make_real, pseudobulk_numpy
-from twinbench_jax._src import baselines as baselines_lib
-from twinbench_jax._src import profiles as profiles_lib
-from twinbench_jax._src import threads as threads_lib
+from twinbench_jax._src.data import baselines as baselines_lib
+from twinbench_jax._src.data import profiles as profiles_lib
+from twinbench_jax._src.core import threads as threads_lib
 
 
 def _log1p_cp10k(x):
@@ -108,7 +108,8 @@ def test_block_threads_give_the_same_sums_and_pass_errors_on(monkeypatch, tmp_pa
 _FORK_SCRIPT = """
 import os, sys
 import numpy as np, scipy.sparse as sp
-from twinbench_jax._src import profiles, threads
+from twinbench_jax._src.data import profiles
+from twinbench_jax._src.core import threads
 threads.n_threads = lambda: 2
 rng = np.random.default_rng(0)
 x = sp.random(400, 30, density=0.3, format="csr", random_state=0)

@@ -12,7 +12,7 @@ import pytest
 import scipy.stats
 
 import twinbench_jax as tb
-from twinbench_jax._src import randomize as randomize_lib
+from twinbench_jax._src.nulls import randomize as randomize_lib
 
 
 def _counts_of_permutations(perms: np.ndarray) -> np.ndarray:

@@ -307,7 +307,7 @@ def test_relevant_in_top_k_bounds_and_tie_rule_ordering(seed, k):
 
 @pytest.mark.parametrize("ties", ["average", "optimistic", "pessimistic"])
 def test_identity_relevance_kernel_equals_general_kernel_with_ties_and_nan(ties):
-  from twinbench_jax._src import ranking as ranking_src
+  from twinbench_jax._src.core import ranking as ranking_src
   rng = np.random.default_rng(11)
   s = rng.integers(0, 3, size=(40, 40)).astype(np.float32)  # many exact ties
   s[rng.random((40, 40)) < 0.1] = np.nan

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import reference as ref
 import twinbench_jax as tb
-from twinbench_jax._src import similarity as similarity_lib
+from twinbench_jax._src.core import similarity as similarity_lib
 
 
 def _data(seed, q=6, c=12, g=7):

@@ -291,7 +291,7 @@ def test_check_grads_of_the_default_relaxation_with_its_local_units_held_fixed()
   # The default divides each temperature by a local gap under `stop_gradient`: a constant
   # at each step. Held fixed at the base point, the relaxation is a smooth function whose
   # autodiff gradient must match finite differences.
-  from twinbench_jax._src import soft
+  from twinbench_jax._src.soft import relaxation as soft
   with jax.enable_x64(True):
     scores, rel, own, null = (x.astype(np.float64) if x.dtype != bool else x
                               for x in _tie_free(12, q=8, c=10, b=6))
@@ -353,7 +353,7 @@ def test_relative_must_be_a_known_mode():
 def test_prefix_sum_area_equals_the_dense_f1_at_every_breakpoint():
   # the default area sums the ramp calls with prefix sums; the dense [Q, Q] calls of
   # tb.soft_f1_curve at the same breakpoints give the same area, values and gradients
-  from twinbench_jax._src import soft
+  from twinbench_jax._src.soft import relaxation as soft
   rng = np.random.default_rng(15)
   h = 1.0 / (B + 1)
   p = (rng.integers(1, B + 2, size=Q) * h + rng.normal(scale=0.15 * h, size=Q)).astype(np.float32)

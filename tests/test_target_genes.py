@@ -14,8 +14,8 @@ import pytest
 import reference as ref
 import twinbench_jax as tb
 from adata_helpers import good_pred, make_pred, make_real, pseudobulk_numpy
-from twinbench_jax._src import evaluate as evaluate_lib
-from twinbench_jax._src import similarity as similarity_lib
+from twinbench_jax._src.evaluate import evaluate as evaluate_lib
+from twinbench_jax._src.core import similarity as similarity_lib
 from twinbench_jax.cli import main
 
 

@@ -5,11 +5,11 @@ see `SPEC.md` for the definition of every number. Import as
 ``import twinbench_jax as tb``.
 """
 
-from twinbench_jax._src.auc import AucF1Result, auc_f1, candidate_auc_f1
-from twinbench_jax._src.baselines import BASELINES, split_half
-from twinbench_jax._src.compare import Comparison, compare
-from twinbench_jax._src.evaluate import Report, evaluate
-from twinbench_jax._src.losses import (
+from twinbench_jax._src.core.auc import AucF1Result, auc_f1, candidate_auc_f1
+from twinbench_jax._src.data.baselines import BASELINES, split_half
+from twinbench_jax._src.evaluate.compare import Comparison, compare
+from twinbench_jax._src.evaluate.evaluate import Report, evaluate
+from twinbench_jax._src.training.losses import (
     QueryBatch,
     auc_f1_loss,
     hard_auc_f1_validation,
@@ -17,18 +17,18 @@ from twinbench_jax._src.losses import (
     make_soft_auc_f1_loss,
     soft_auc_f1_loss,
 )
-from twinbench_jax._src.metrics import AucF1Metric
-from twinbench_jax._src.nulls import (
+from twinbench_jax._src.training.metrics import AucF1Metric
+from twinbench_jax._src.nulls.engine import (
     OWN_SCORES,
     NullResult,
     label_null,
     model_null,
     precomputed_null,
 )
-from twinbench_jax._src.own_scores import cross_own_scores, own_scores
-from twinbench_jax._src.pipeline import ArrayEvaluation, evaluate_arrays
-from twinbench_jax._src.profiles import NORMALIZATIONS, Pseudobulk, pseudobulk
-from twinbench_jax._src.pvalues import (
+from twinbench_jax._src.core.own_scores import cross_own_scores, own_scores
+from twinbench_jax._src.nulls.arrays import ArrayEvaluation, evaluate_arrays
+from twinbench_jax._src.data.profiles import NORMALIZATIONS, Pseudobulk, pseudobulk
+from twinbench_jax._src.core.pvalues import (
     benjamini_hochberg,
     empirical_pvalues,
     exceedance_counts,
@@ -36,8 +36,8 @@ from twinbench_jax._src.pvalues import (
     label_permutation_pvalues,
     pvalues_from_counts,
 )
-from twinbench_jax._src.randomize import permute_rows, resolve_randomizer, shuffle_features
-from twinbench_jax._src.ranking import (
+from twinbench_jax._src.nulls.randomize import permute_rows, resolve_randomizer, shuffle_features
+from twinbench_jax._src.core.ranking import (
     f1_at_k,
     gini,
     hit_at_k,
@@ -49,17 +49,17 @@ from twinbench_jax._src.ranking import (
     top1_counts,
     truth_ranks,
 )
-from twinbench_jax._src.ranking_losses import (
+from twinbench_jax._src.training.ranking_losses import (
     approx_mrr_loss,
     approx_truth_ranks,
     pairwise_logistic_loss,
     soft_hit_loss,
     softmax_ce_loss,
 )
-from twinbench_jax._src.relevance import relevance_from_labels
-from twinbench_jax._src.similarity import METRICS, similarity
-from twinbench_jax._src.simulate import SimulatedData, simulate_perturbations
-from twinbench_jax._src.soft import (
+from twinbench_jax._src.core.relevance import relevance_from_labels
+from twinbench_jax._src.core.similarity import METRICS, similarity
+from twinbench_jax._src.datasets.simulate import SimulatedData, simulate_perturbations
+from twinbench_jax._src.soft.relaxation import (
     SoftTemperatures,
     soft_auc_f1,
     soft_called,
@@ -68,7 +68,7 @@ from twinbench_jax._src.soft import (
     soft_hit_at_k,
     soft_truth_ranks,
 )
-from twinbench_jax._src.toy_task import ToyTask, make_toy_task, toy_mlp_init, toy_mlp_predict
+from twinbench_jax._src.datasets.toy_task import ToyTask, make_toy_task, toy_mlp_init, toy_mlp_predict
 from twinbench_jax._src.version import METRIC_VERSION, __version__
 
 

@@ -8,7 +8,7 @@
   predictions.
 
 Output folders are replaced all-or-nothing and never lose a user's file
-(`twinbench_jax._src.output_dir`): `DIR` must be new, empty or a previous
+(`twinbench_jax._src.evaluate.output_dir`): `DIR` must be new, empty or a previous
 twinbench output (listed in its `.twinbench-manifest.json`); everything is
 written to a hidden folder beside `DIR`, which takes its place in one step
 when complete. Exit codes: 0 success, 2 bad input or an output folder that
@@ -34,10 +34,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from twinbench_jax._src import baselines as baselines_lib
-from twinbench_jax._src import output_dir
-from twinbench_jax._src import profiles as profiles_lib
-from twinbench_jax._src import similarity as similarity_lib
+from twinbench_jax._src.data import baselines as baselines_lib
+from twinbench_jax._src.evaluate import output_dir
+from twinbench_jax._src.data import profiles as profiles_lib
+from twinbench_jax._src.core import similarity as similarity_lib
 
 _NORMALIZE_CHOICES = ["none", *profiles_lib.NORMALIZATIONS]
 
@@ -273,7 +273,7 @@ def _baselines_arg(value: str) -> tuple[str, ...]:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-  from twinbench_jax._src import evaluate as evaluate_lib
+  from twinbench_jax._src.evaluate import evaluate as evaluate_lib
 
   if args.n_null is not None and args.n_null < 1:
     raise UsageError(f"--n-null must be >= 1 (number of null replicates), got {args.n_null}")
@@ -328,7 +328,7 @@ def _print_notes(notes: Sequence[str]) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-  from twinbench_jax._src import compare as compare_lib
+  from twinbench_jax._src.evaluate import compare as compare_lib
 
   if len(args.reports) < 2:
     raise UsageError(f"compare needs at least two report folders, got {len(args.reports)}")
@@ -404,8 +404,8 @@ def run_demo(args: argparse.Namespace, out=None) -> int:
     return _run_real_demo(args, out)
   import jax
 
-  from twinbench_jax._src import evaluate as evaluate_lib
-  from twinbench_jax._src import simulate
+  from twinbench_jax._src.evaluate import evaluate as evaluate_lib
+  from twinbench_jax._src.datasets import simulate
 
   if args.n_perturbations < 2:
     raise UsageError(f"--n-perturbations must be >= 2, got {args.n_perturbations}")
@@ -463,7 +463,7 @@ def _run_real_demo(args: argparse.Namespace, out) -> int:
   """Split-half on real data: half the cells of each perturbation predict the other half."""
   import anndata
 
-  from twinbench_jax._src import evaluate as evaluate_lib
+  from twinbench_jax._src.evaluate import evaluate as evaluate_lib
 
   if not os.path.isfile(args.real):
     raise UsageError(f"--real: file not found: {args.real!r}")

@@ -12,8 +12,8 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from twinbench_jax._src import sorting
-from twinbench_jax._src import validation
+from twinbench_jax._src.core import sorting
+from twinbench_jax._src.core import validation
 
 
 class AucF1Result(NamedTuple):

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from twinbench_jax._src import validation
+from twinbench_jax._src.core import validation
 
 
 def exceedance_counts(scores: jax.Array, null_scores: jax.Array) -> jax.Array:

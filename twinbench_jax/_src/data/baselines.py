@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from twinbench_jax._src import profiles as profiles_lib
+from twinbench_jax._src.data import profiles as profiles_lib
 
 BASELINES = ("mean", "control", "split_half")
 

@@ -42,15 +42,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from twinbench_jax._src import metrics as metrics_lib
-from twinbench_jax._src import models
-from twinbench_jax._src import nulls
-from twinbench_jax._src import own_scores as own_lib
-from twinbench_jax._src import randomize as randomize_lib
-from twinbench_jax._src import ranking
-from twinbench_jax._src import similarity as similarity_lib
-from twinbench_jax._src import soft
-from twinbench_jax._src import validation
+from twinbench_jax._src.training import metrics as metrics_lib
+from twinbench_jax._src.nulls import models
+from twinbench_jax._src.nulls import engine as nulls
+from twinbench_jax._src.core import own_scores as own_lib
+from twinbench_jax._src.nulls import randomize as randomize_lib
+from twinbench_jax._src.core import ranking
+from twinbench_jax._src.core import similarity as similarity_lib
+from twinbench_jax._src.soft import relaxation as soft
+from twinbench_jax._src.core import validation
 
 PredictFn = Callable[[Any, Any], jax.Array]
 

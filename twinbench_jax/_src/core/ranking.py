@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from twinbench_jax._src import validation
+from twinbench_jax._src.core import validation
 
 TIES = ("average", "optimistic", "pessimistic")
 

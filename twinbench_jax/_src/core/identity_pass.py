@@ -23,9 +23,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from twinbench_jax._src import pvalues as pvalues_lib
-from twinbench_jax._src import ranking
-from twinbench_jax._src import validation
+from twinbench_jax._src.core import pvalues as pvalues_lib
+from twinbench_jax._src.core import ranking
+from twinbench_jax._src.core import validation
 
 
 def _block_rows(q: int) -> int:

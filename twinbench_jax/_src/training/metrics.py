@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from twinbench_jax._src import auc as auc_lib
-from twinbench_jax._src import pvalues as pvalues_lib
-from twinbench_jax._src import ranking
-from twinbench_jax._src import validation
+from twinbench_jax._src.core import auc as auc_lib
+from twinbench_jax._src.core import pvalues as pvalues_lib
+from twinbench_jax._src.core import ranking
+from twinbench_jax._src.core import validation
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,13 +13,13 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from twinbench_jax._src import auc as auc_lib
-from twinbench_jax._src import identity_pass
-from twinbench_jax._src import own_scores as own_lib
-from twinbench_jax._src import pvalues as pvalues_lib
-from twinbench_jax._src import ranking
-from twinbench_jax._src import similarity as similarity_lib
-from twinbench_jax._src import validation
+from twinbench_jax._src.core import auc as auc_lib
+from twinbench_jax._src.core import identity_pass
+from twinbench_jax._src.core import own_scores as own_lib
+from twinbench_jax._src.core import pvalues as pvalues_lib
+from twinbench_jax._src.core import ranking
+from twinbench_jax._src.core import similarity as similarity_lib
+from twinbench_jax._src.core import validation
 
 
 class ArrayEvaluation(NamedTuple):

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from twinbench_jax._src import native
-from twinbench_jax._src import threads
+from twinbench_jax._src.core import native
+from twinbench_jax._src.core import threads
 
 # Entries (cells x genes) of one row block when `chunk_size=None`: 32 MB of float64 if dense.
 _BLOCK_ELEMENTS = 1 << 22

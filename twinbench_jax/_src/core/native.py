@@ -30,7 +30,7 @@ from typing import Optional
 
 import numpy as np
 
-from twinbench_jax._src import threads
+from twinbench_jax._src.core import threads
 
 # Below this many |x - y| terms the distances are computed on the calling thread.
 _L1_THREADED_TERMS = 1 << 22
@@ -53,7 +53,7 @@ def available() -> bool:
 
 def loaded() -> bool:
   """True when the compiled loops are already imported in this process."""
-  return "twinbench_jax._src.native_kernels" in sys.modules
+  return "twinbench_jax._src.core.native_kernels" in sys.modules
 
 
 def pays_for_group_sums(n_entries: int) -> bool:
@@ -72,7 +72,7 @@ def pays_for_group_sums(n_entries: int) -> bool:
 def _kernels():
   """The module of compiled loops, or None when numba cannot be imported."""
   try:
-    from twinbench_jax._src import native_kernels
+    from twinbench_jax._src.core import native_kernels
   except Exception:  # noqa: BLE001 - a missing or broken numba: callers keep their other path
     return None
   return native_kernels

@@ -36,7 +36,8 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from twinbench_jax._src import soft, validation
+from twinbench_jax._src.soft import relaxation as soft
+from twinbench_jax._src.core import validation
 
 ReduceFn = Optional[Callable[..., jax.Array]]
 DEFAULT_TEMPERATURE = 0.1

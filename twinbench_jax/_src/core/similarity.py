@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from twinbench_jax._src import validation
+from twinbench_jax._src.core import validation
 
 METRICS = ("sqeuclidean", "euclidean", "l1", "cosine", "pearson")
 

@@ -81,7 +81,7 @@ class Comparison:
       ValueError: an unsafe `directory` (`output_dir.OutputDirError`).
       OSError: the folder could not be written or replaced; nothing changed.
     """
-    from twinbench_jax._src import output_dir
+    from twinbench_jax._src.evaluate import output_dir
 
     directory = os.fspath(directory)
     names = ["comparison.csv", "comparison.json"]
@@ -91,7 +91,7 @@ class Comparison:
         json.dump(self.to_dict(), f, indent=2, allow_nan=False)
         f.write("\n")
       if plots:
-        from twinbench_jax._src import plots as plots_lib
+        from twinbench_jax._src.evaluate import plots as plots_lib
 
         names.append(os.path.basename(plots_lib.save_comparison_plot(self, tmp)))
     return [os.path.join(directory, n) for n in names]

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from twinbench_jax._src import validation
+from twinbench_jax._src.core import validation
 
 DEFAULT_TEMPERATURE = 0.1
 # The soft rank's cubic step reaches 0 and 1 at ±RANK_SUPPORT·τ_rank, where the

@@ -29,14 +29,14 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from twinbench_jax._src import auc as auc_lib
-from twinbench_jax._src import baselines as baselines_lib
-from twinbench_jax._src import native
-from twinbench_jax._src import profiles as profiles_lib
-from twinbench_jax._src import pvalues as pvalues_lib
-from twinbench_jax._src import ranking
-from twinbench_jax._src import similarity as similarity_lib
-from twinbench_jax._src import validation
+from twinbench_jax._src.core import auc as auc_lib
+from twinbench_jax._src.data import baselines as baselines_lib
+from twinbench_jax._src.core import native
+from twinbench_jax._src.data import profiles as profiles_lib
+from twinbench_jax._src.core import pvalues as pvalues_lib
+from twinbench_jax._src.core import ranking
+from twinbench_jax._src.core import similarity as similarity_lib
+from twinbench_jax._src.core import validation
 from twinbench_jax._src import version
 
 DELTAS = ("none", "control", "pred_control", "mean")
@@ -191,7 +191,7 @@ class Report:
       OSError: the folder could not be written or replaced (e.g. an old
         file there is immutable); nothing was changed.
     """
-    from twinbench_jax._src import output_dir
+    from twinbench_jax._src.evaluate import output_dir
 
     directory = os.fspath(directory)
     names = ["report.json", "per_perturbation.csv"]
@@ -201,7 +201,7 @@ class Report:
         f.write("\n")
       self.per_perturbation.to_csv(os.path.join(tmp, names[1]), index=False)
       if plots:
-        from twinbench_jax._src import plots as plots_lib
+        from twinbench_jax._src.evaluate import plots as plots_lib
 
         names += [os.path.basename(p) for p in plots_lib.save_plots(self, tmp)]
     return [os.path.join(directory, n) for n in names]
@@ -209,25 +209,25 @@ class Report:
   # Plots (matplotlib, imported on first use).
   def plot_f1_curves(self, ax=None):
     """F1 versus α for the model and every baseline; returns the axes."""
-    from twinbench_jax._src import plots as plots_lib
+    from twinbench_jax._src.evaluate import plots as plots_lib
 
     return plots_lib.plot_f1_curves(self, ax=ax)
 
   def plot_rank_histogram(self, ax=None):
     """Histogram of the truth's rank over queries; returns the axes."""
-    from twinbench_jax._src import plots as plots_lib
+    from twinbench_jax._src.evaluate import plots as plots_lib
 
     return plots_lib.plot_rank_histogram(self, ax=ax)
 
   def plot_pvalue_histogram(self, ax=None):
     """Histogram of the per-query p-values; returns the axes."""
-    from twinbench_jax._src import plots as plots_lib
+    from twinbench_jax._src.evaluate import plots as plots_lib
 
     return plots_lib.plot_pvalue_histogram(self, ax=ax)
 
   def plot_popularity(self, ax=None):
     """How often each real perturbation is ranked first; returns the axes."""
-    from twinbench_jax._src import plots as plots_lib
+    from twinbench_jax._src.evaluate import plots as plots_lib
 
     return plots_lib.plot_popularity(self, ax=ax)
 
@@ -690,7 +690,7 @@ def _model_pvalues(ctx: "_Context", predictions, *, predict_fn, inputs, n_null, 
 
   Returns `(pvalues [Q], n_null, candidate p-values [Q, C] or None)`.
   """
-  from twinbench_jax._src import nulls
+  from twinbench_jax._src.nulls import engine as nulls
 
   gene_idx = jnp.asarray(ctx.pred_gene_idx, jnp.int32)
   ref = None if ctx.pred_reference is None else jnp.asarray(ctx.pred_reference, _float())
@@ -733,7 +733,7 @@ def _query_pvalues(kind, null, ctx, predictions, model, *, n_null, predict_fn, i
                           n_null=1000 if n_null is None else int(n_null), key=key,
                           randomize=randomize, progress=progress, notes=notes,
                           candidate_level=candidate_level)
-  from twinbench_jax._src import nulls
+  from twinbench_jax._src.nulls import engine as nulls
 
   lazy = _LazyNullProfiles(null, ctx, n_null)
   res = nulls.precomputed_null(np.asarray(ctx.fill_excluded(predictions), _float()), lazy,
@@ -773,7 +773,7 @@ def _candidate_pvalues(kind: str, sampled, ctx: "_Context", predictions) -> jax.
   """
   if kind != "label":
     return jnp.asarray(sampled)
-  from twinbench_jax._src import nulls
+  from twinbench_jax._src.nulls import engine as nulls
 
   res = nulls.label_null(jnp.asarray(predictions, _float()), ctx.references, ctx.relevance,
                          metric=ctx.metric, candidate_level=True)

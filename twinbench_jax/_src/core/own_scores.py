@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from twinbench_jax._src import validation
+from twinbench_jax._src.core import validation
 
 
 def _relevance_weights(rel: jax.Array, dtype) -> jax.Array:

@@ -39,15 +39,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from twinbench_jax._src import auc as auc_lib
-from twinbench_jax._src import models
-from twinbench_jax._src import own_scores as own_lib
-from twinbench_jax._src import pvalues as pvalues_lib
-from twinbench_jax._src import randomize as randomize_lib
-from twinbench_jax._src import ranking
-from twinbench_jax._src import sharding
-from twinbench_jax._src import similarity as similarity_lib
-from twinbench_jax._src import validation
+from twinbench_jax._src.core import auc as auc_lib
+from twinbench_jax._src.nulls import models
+from twinbench_jax._src.core import own_scores as own_lib
+from twinbench_jax._src.core import pvalues as pvalues_lib
+from twinbench_jax._src.nulls import randomize as randomize_lib
+from twinbench_jax._src.core import ranking
+from twinbench_jax._src.nulls import sharding
+from twinbench_jax._src.core import similarity as similarity_lib
+from twinbench_jax._src.core import validation
 
 OWN_SCORES = ("similarity", "r2", "pearson")
 NULL_KINDS = ("model", "precomputed", "label")
