@@ -4,7 +4,7 @@
     python -m benchmarks.bench_soft_tracking --quick    # a subset (< 1 min of CPU)
     python -m benchmarks.bench_soft_tracking --candidates 5000   # one setting
 
-Data: `tb.simulate_perturbations(key(0), n_perturbations=P, n_genes=200,
+Data: `tb.datasets.simulate_perturbations(key(0), n_perturbations=P, n_genes=200,
 n_cells=20)`; the references are the observed pseudobulks. Inputs: `d`
 features `effects @ W * 3 + noise·N(0, 1)`, `W` `[200, d]` Gaussian / √200;
 the model is the least-squares fit (with intercept) of the pseudobulks on the
@@ -53,7 +53,7 @@ def predict(beta, x):
 
 def make_models(n_pert, configs, n_cells=20):
   """`y` `[P, G]` pseudobulks and a list of `((d, noise), x, beta)` least-squares models."""
-  sim = tb.simulate_perturbations(jax.random.key(0), n_perturbations=n_pert, n_genes=200,
+  sim = tb.datasets.simulate_perturbations(jax.random.key(0), n_perturbations=n_pert, n_genes=200,
                                   n_cells=n_cells)
   y = sim.pseudobulk()
   models = []

@@ -90,7 +90,7 @@ def init_params(key, model, n_in, n_out, mean, collapsed):
   if model == "linear":
     w = jax.random.normal(key, (n_in, n_out)) / jnp.sqrt(n_in)
     return {"w": jnp.zeros_like(w) if collapsed else w, "b": mean}
-  p = tb.toy_mlp_init(key, n_in, HIDDEN, n_out, output_bias=mean,
+  p = tb.datasets.toy_mlp_init(key, n_in, HIDDEN, n_out, output_bias=mean,
                       output_scale=0.0 if collapsed else 1.0)
   return p
 
@@ -98,7 +98,7 @@ def init_params(key, model, n_in, n_out, mean, collapsed):
 def predict(params, x):
   if "w" in params:
     return x @ params["w"] + params["b"]
-  return tb.toy_mlp_predict(params, x)
+  return tb.datasets.toy_mlp_predict(params, x)
 
 
 # ----------------------------------------------------------------------------- losses

@@ -7,9 +7,9 @@ correlation of a prediction with its target. A seed draws a fresh task
 (toy, simulator) or a fresh compound split (LINCS); all seeds of a task have
 the same shapes, so the training runs of one loss are vmapped over seeds.
 
-- ``toy``: `tb.make_toy_task` (inputs: 16-d descriptors; profiles over 128
+- ``toy``: `tb.datasets.make_toy_task` (inputs: 16-d descriptors; profiles over 128
   genes; its control is 0), tanh MLP.
-- ``sim_linear`` / ``sim_mlp``: `tb.simulate_perturbations` pseudobulks minus
+- ``sim_linear`` / ``sim_mlp``: `tb.datasets.simulate_perturbations` pseudobulks minus
   the control mean; inputs `effects @ W * 3 + 0.1·noise` (32-d, as in issue
   14), a linear model and a tanh MLP.
 - ``lincs``: LINCS L1000 A375 (``../shared/data/lincs_l1000_a375``): a
@@ -67,7 +67,7 @@ def _split3(x, y, n_train, n_val, n_test, order):
 
 
 def toy(seed: int, n_train=512, n_val=64, n_test=64) -> TaskData:
-  t = tb.make_toy_task(jax.random.key(1000 + seed), n_train=n_train, n_test=n_val + n_test)
+  t = tb.datasets.make_toy_task(jax.random.key(1000 + seed), n_train=n_train, n_test=n_val + n_test)
   x = np.concatenate([t.train_inputs, t.test_inputs])
   y = np.concatenate([t.train_profiles, t.test_profiles])
   return _split3(x, y, n_train, n_val, n_test, np.arange(len(x)))
@@ -77,7 +77,7 @@ def simulator(seed: int, n_train=200, n_val=50, n_test=50, n_genes=200, n_cells=
               n_features=32) -> TaskData:
   n = n_train + n_val + n_test
   k_sim, k_w, k_noise = jax.random.split(jax.random.key(2000 + seed), 3)
-  sim = tb.simulate_perturbations(k_sim, n_perturbations=n, n_genes=n_genes, n_cells=n_cells)
+  sim = tb.datasets.simulate_perturbations(k_sim, n_perturbations=n, n_genes=n_genes, n_cells=n_cells)
   y = np.asarray(sim.pseudobulk() - sim.control_cells.mean(0))
   w = jax.random.normal(k_w, (n_genes, n_features)) / np.sqrt(n_genes)
   x = np.asarray(sim.effects @ w * 3 + 0.1 * jax.random.normal(k_noise, (n, n_features)))
@@ -133,7 +133,7 @@ def build(names, seeds, sizes) -> list[Task]:
   for name in names:
     if name == "toy":
       data = stack([toy(s, **sizes.get("toy", {})) for s in seeds])
-      tasks.append(Task("toy", "mlp", data, "`tb.make_toy_task`, tanh MLP (64 hidden)"))
+      tasks.append(Task("toy", "mlp", data, "`tb.datasets.make_toy_task`, tanh MLP (64 hidden)"))
     elif name in ("sim_linear", "sim_mlp"):
       data = stack([simulator(s, **sizes.get("sim", {})) for s in seeds])
       model = name.split("_")[1]

@@ -3,7 +3,7 @@
     python examples/train_auxiliary_loss.py            # 400 steps per run
     python examples/train_auxiliary_loss.py --quick    # 150 steps per run
 
-The synthetic task (`tb.make_toy_task`): every perturbation's response is a
+The synthetic task (`tb.datasets.make_toy_task`): every perturbation's response is a
 large shared "popular" profile plus a smaller perturbation-specific part on a
 few genes, which a model can learn from the perturbation's input descriptor.
 Mean-squared error is dominated by the shared part and rewards hedging toward
@@ -155,7 +155,7 @@ def main(argv=None):
   parser.add_argument("--quick", action="store_true", help="150 steps per run")
   args = parser.parse_args(argv)
   steps = 150 if args.quick else args.steps
-  task = tb.make_toy_task(jax.random.key(args.seed))
+  task = tb.datasets.make_toy_task(jax.random.key(args.seed))
   validate = make_validation(task)
   print(f"task: {task.train_inputs.shape[0]} training / {task.test_inputs.shape[0]} held-out "
         f"perturbations, {task.train_profiles.shape[1]} genes; {steps} steps per run\n")

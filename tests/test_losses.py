@@ -172,7 +172,7 @@ def test_errors_name_the_argument():
 
 
 def _init(task, *, collapsed, seed=0):
-  return tb.toy_mlp_init(jax.random.key(seed + 1), task.train_inputs.shape[1], 64,
+  return tb.datasets.toy_mlp_init(jax.random.key(seed + 1), task.train_inputs.shape[1], 64,
                          task.train_profiles.shape[1],
                          output_bias=task.train_profiles.mean(axis=0),
                          output_scale=1e-3 if collapsed else 1.0)
@@ -181,11 +181,11 @@ def _init(task, *, collapsed, seed=0):
 def _trainer(task, *, lam, steps=200, batch_size=128, seed=0):
   """A jitted `run(params)`: Adam on `mse + lam * (1 - soft AUC-F1)` in one `lax.scan`."""
   n_train = task.train_profiles.shape[0]
-  aux = tb.soft_auc_f1_loss(tb.toy_mlp_predict, task.train_profiles, n_null=16)
+  aux = tb.soft_auc_f1_loss(tb.datasets.toy_mlp_predict, task.train_profiles, n_null=16)
   opt = optax.adam(1e-2)
 
   def total(p, batch, key):
-    mse = jnp.mean((tb.toy_mlp_predict(p, batch.inputs) - task.train_profiles[batch.rows]) ** 2)
+    mse = jnp.mean((tb.datasets.toy_mlp_predict(p, batch.inputs) - task.train_profiles[batch.rows]) ** 2)
     return mse + lam * aux(p, batch, key) if lam else mse
 
   @jax.jit
@@ -207,14 +207,14 @@ def _trainer(task, *, lam, steps=200, batch_size=128, seed=0):
 
 @pytest.mark.slow
 def test_auxiliary_loss_beats_mse_alone_and_escapes_collapse():
-  task = tb.make_toy_task(jax.random.key(0))
+  task = tb.datasets.make_toy_task(jax.random.key(0))
   n_test = task.test_inputs.shape[0]
   held_out = tb.QueryBatch(task.test_inputs, np.arange(n_test))
-  validate = tb.hard_auc_f1_validation(tb.toy_mlp_predict, task.test_profiles, n_null=100)
+  validate = tb.hard_auc_f1_validation(tb.datasets.toy_mlp_predict, task.test_profiles, n_null=100)
   key = jax.random.key(123)
 
   def report(params):
-    s = tb.similarity(tb.toy_mlp_predict(params, task.test_inputs), task.test_profiles)
+    s = tb.similarity(tb.datasets.toy_mlp_predict(params, task.test_inputs), task.test_profiles)
     return float(validate(params, held_out, key)), float(tb.gini(tb.top1_counts(s)))
 
   fresh, collapsed_init = _init(task, collapsed=False), _init(task, collapsed=True)

@@ -27,7 +27,7 @@ def _predict(beta, x):
 def _models():
   """Least-squares models on `d` informative input features (zero-padded to one width,
   so every model shares one compiled null)."""
-  sim = tb.simulate_perturbations(jax.random.key(0), n_perturbations=N_PERT, n_genes=200,
+  sim = tb.datasets.simulate_perturbations(jax.random.key(0), n_perturbations=N_PERT, n_genes=200,
                                   n_cells=20)
   y = sim.pseudobulk()
   kw, kn = jax.random.split(jax.random.key(1))
