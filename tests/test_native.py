@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import twinbench_jax as tb
 from adata_helpers import make_real
-from twinbench_jax._src.evaluate import evaluate as evaluate_lib
+from twinbench_jax._src.evaluate import scoring
 from twinbench_jax._src.core import native
 from twinbench_jax._src.data import profiles as profiles_lib
 from twinbench_jax._src.core import threads as threads_lib
@@ -210,8 +210,8 @@ def test_disabled_by_the_environment(monkeypatch):
 
 
 def _score(x, y, truth, rows, exclude=None):
-  return evaluate_lib._score(np.arange(len(truth)).astype(str), x, y, truth, rows, metric="l1",
-                             k=1, ties="average", exclude=exclude)
+  return scoring.score(np.arange(len(truth)).astype(str), x, y, truth, rows, metric="l1",
+                       k=1, ties="average", exclude=exclude)
 
 
 def _assert_same_scores(a, b, *, exact):

@@ -14,7 +14,7 @@ import pytest
 import reference as ref
 import twinbench_jax as tb
 from adata_helpers import good_pred, make_pred, make_real, pseudobulk_numpy
-from twinbench_jax._src.evaluate import evaluate as evaluate_lib
+from twinbench_jax._src.evaluate import scoring
 from twinbench_jax._src.core import similarity as similarity_lib
 from twinbench_jax.cli import main
 
@@ -240,7 +240,7 @@ def test_mean_baseline_scores_one_profile_against_every_candidate(synthetic, mon
                                                                   one_row):
   # The mean baseline predicts the same profile for every query: ranks from that one row,
   # passed as Q copies (small problems) or as the single row (large ones).
-  monkeypatch.setattr(evaluate_lib, "_ONE_ROW_ELEMENTS", 0 if one_row else 1 << 62)
+  monkeypatch.setattr(scoring, "ONE_ROW_ELEMENTS", 0 if one_row else 1 << 62)
   real, pred, _ = synthetic
   targets = {"p0": "g0", "p1": "g1", "p2": "g7", "p4": "g3"}
   report = tb.evaluate(pred, real, metric=metric, target_genes=targets)
@@ -260,8 +260,8 @@ def test_mean_baseline_scores_one_profile_against_every_candidate(synthetic, mon
 def _one_gene_kernels(x, y, truth, rows, gene):
   args = (jnp.asarray(x), jnp.asarray(y), jnp.asarray(truth, jnp.int32),
           jnp.asarray(rows, jnp.int32), jnp.asarray(gene, jnp.int32))
-  one = jax.jit(evaluate_lib._l1_one_gene_excluded)(*args)
-  masked = jax.jit(evaluate_lib._excluded_scores, static_argnums=5)(
+  one = jax.jit(scoring.l1_one_gene_excluded)(*args)
+  masked = jax.jit(scoring.excluded_scores, static_argnums=5)(
       *args[:4], args[4][:, None], "l1")
   return [np.asarray(a) for a in one], [np.asarray(a) for a in masked]
 
