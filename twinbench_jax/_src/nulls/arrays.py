@@ -14,9 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from twinbench_jax._src.core import auc as auc_lib
-from twinbench_jax._src.core import identity_pass
+from twinbench_jax._src.core import label_scoring
 from twinbench_jax._src.core import own_scores as own_lib
-from twinbench_jax._src.core import pvalues as pvalues_lib
 from twinbench_jax._src.core import ranking
 from twinbench_jax._src.core import similarity as similarity_lib
 from twinbench_jax._src.core import validation
@@ -149,21 +148,16 @@ def _evaluate_arrays(x, y, rel, *, metric, k, ties, single=None):
   # similarities in the input precision; ranks and counts in at least float32
   s = validation.at_least_float32(similarity_lib._similarity(x, y, metric=metric))
   cross = own_lib._cross(s, rel, single=single)
-  if single == "identity":
-    ranks, pvalues = identity_pass.ranks_and_label_pvalues(s, ties=ties)
-  else:
-    ranks = ranking._truth_ranks(s, rel, ties=ties)
-    pvalues = pvalues_lib._label_permutation_pvalues(cross)
-  correct = ranks <= k
-  curve = auc_lib._auc_f1(pvalues, correct, jnp.ones_like(correct))
+  scored = label_scoring.label_null_scores(s, cross, rel, k=k, ties=ties, single=single)
+  ranks, correct, curve = scored.ranks, scored.correct, scored.curve
   if rel is None:
     n_other = jnp.full(ranks.shape, max(y.shape[0] - 1, 1), ranks.dtype)
   else:
     n_other = jnp.maximum(jnp.sum(~rel, axis=1), 1)
   res = ArrayEvaluation(
       ranks=ranks,
-      own_scores=jnp.diagonal(cross),
-      pvalues=pvalues,
+      own_scores=scored.own_scores,
+      pvalues=scored.pvalues,
       correct=correct,
       curve=curve,
       auc_f1=curve.auc,

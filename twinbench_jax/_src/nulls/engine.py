@@ -40,6 +40,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from twinbench_jax._src.core import auc as auc_lib
+from twinbench_jax._src.core import label_scoring
 from twinbench_jax._src.nulls import models
 from twinbench_jax._src.core import own_scores as own_lib
 from twinbench_jax._src.core import pvalues as pvalues_lib
@@ -976,11 +977,12 @@ def _label_null(x, y, rel, *, metric, own_score, candidate_level):
     else:
       cross = similarity_lib._similarity(x, truth, metric="pearson")
   q = x.shape[0]
-  pvalues = pvalues_lib._label_permutation_pvalues(cross)
+  # Only the own scores and p-values are kept (XLA drops the ranks and the curve).
+  scored = label_scoring.label_null_scores(s, cross, rel, k=1, ties="average")
   others = (jnp.arange(q)[None, :] + 1 + jnp.arange(q - 1)[:, None]) % q  # [Q - 1, Q]
   null_own = jnp.take_along_axis(cross, others, axis=0)
   cand = _label_candidate_pvalues(s) if candidate_level else None
-  return jnp.diagonal(cross), null_own, pvalues, s, cand
+  return scored.own_scores, null_own, scored.pvalues, s, cand
 
 
 def _label_candidate_pvalues(s):
