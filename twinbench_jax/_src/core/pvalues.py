@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from twinbench_jax._src.core import checks
 from twinbench_jax._src.core import validation
 
 
@@ -36,22 +37,13 @@ def exceedance_counts(scores: jax.Array, null_scores: jax.Array) -> jax.Array:
     scores: observed scores of any shape `S`.
     null_scores: `[B, *S]` null scores.
   """
-  s = validation.as_float_array(scores, "scores")
-  n = validation.as_float_array(null_scores, "null_scores")
-  _check_null_shape(s, n)
+  s, n = checks.check_scores_null(scores, null_scores, min_replicates=0)
   return _exceedance_counts(s, n)
 
 
 def _exceedance_counts(s, n):
   s = validation.nan_to_neg_inf(s)
   return jnp.sum((n >= s[None]) | jnp.isnan(n), axis=0, dtype=jnp.int32)
-
-
-def _check_null_shape(s, n):
-  if n.ndim != s.ndim + 1 or tuple(n.shape[1:]) != tuple(s.shape):
-    raise ValueError(
-        f"`null_scores` must have shape (B, *scores.shape) = (B, {', '.join(map(str, s.shape))})"
-        f", got {tuple(n.shape)}")
 
 
 def pvalues_from_counts(counts: jax.Array, n_null: int) -> jax.Array:
@@ -95,11 +87,7 @@ def empirical_pvalues(scores: jax.Array, null_scores: jax.Array) -> jax.Array:
     either side counts against the observed score: a replicate with a NaN
     null score counts as an exceedance (an all-NaN null gives p = 1).
   """
-  s = validation.as_float_array(scores, "scores")
-  n = validation.as_float_array(null_scores, "null_scores")
-  _check_null_shape(s, n)
-  if n.shape[0] < 1:
-    raise ValueError("`null_scores` has zero null replicates (B = 0); need B >= 1")
+  s, n = checks.check_scores_null(scores, null_scores)
   return _empirical_pvalues(s, n)
 
 

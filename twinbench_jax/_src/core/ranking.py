@@ -22,26 +22,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from twinbench_jax._src.core import checks
 from twinbench_jax._src.core import validation
 
-TIES = ("average", "optimistic", "pessimistic")
+TIES = checks.TIES
 
 _TIE_WEIGHT = {"average": 0.5, "optimistic": 0.0, "pessimistic": 1.0}
 
 ReduceFn = Optional[Callable[[jax.Array], jax.Array]]
-
-
-def _check_scores_relevance(scores, relevance):
-  s = validation.at_least_float32(validation.as_float_array(scores, "scores", ndim=2))
-  rel = validation.as_bool_array(relevance, "relevance", ndim=2)
-  validation.check_same_shape(s, rel, "scores", "relevance")
-  validation.check_every_query_has_relevant(rel)
-  return s, rel
-
-
-def _check_ties(ties: str) -> None:
-  if ties not in TIES:
-    raise ValueError(f"unknown `ties` {ties!r}; choose one of {TIES}")
 
 
 def _check_ranks(ranks: jax.Array, where: Optional[jax.Array], high: object = np.inf):
@@ -70,12 +58,6 @@ def _check_ranks(ranks: jax.Array, where: Optional[jax.Array], high: object = np
   return r, None
 
 
-def _check_k(k) -> None:
-  """Eagerly, `k` below 1 (or NaN) is a `ValueError`; a traced `k` is checked by poisoning."""
-  if validation.is_concrete(k) and not (np.ndim(k) == 0 and float(k) >= 1):
-    raise ValueError(f"`k` must be >= 1, got {k!r}")
-
-
 def truth_ranks(scores: jax.Array, relevance: jax.Array, *, ties: str = "average") -> jax.Array:
   r"""Rank of the truth for every query (1 = best), SPEC §2.
 
@@ -99,8 +81,8 @@ def truth_ranks(scores: jax.Array, relevance: jax.Array, *, ties: str = "average
     `[Q]` float ranks in `[1, 1 + #non-relevant]`, in at least float32 (the
     ranks of bfloat16 scores are those of the same values in float32).
   """
-  s, rel = _check_scores_relevance(scores, relevance)
-  _check_ties(ties)
+  s, rel = checks.check_scores_relevance(scores, relevance)
+  checks.check_ties(ties)
   return _truth_ranks(s, rel, ties=ties)
 
 
@@ -157,10 +139,10 @@ def hit_at_k(ranks: jax.Array, k: float, *, where: Optional[jax.Array] = None,
   Ranks must be at least 1 and not NaN, and `k >= 1` (`ValueError`); under
   `jit` an invalid rank gives NaN for its query (and the mean).
   """
-  _check_k(k)
+  checks.check_k(k)
   ranks, invalid = _check_ranks(ranks, where)
   if validation.any_traced(k):
-    invalid = (jnp.asarray(k) < 1) if invalid is None else invalid | (jnp.asarray(k) < 1)
+    invalid = checks.k_invalid(k) if invalid is None else invalid | checks.k_invalid(k)
   return _reduce(_poisoned((ranks <= k).astype(ranks.dtype), invalid), where, reduce_fn)
 
 
@@ -210,12 +192,12 @@ def relevant_in_top_k(scores: jax.Array, relevance: jax.Array, k: int, *,
   Under `jit` a query without a relevant candidate (eagerly a `ValueError`)
   gets NaN, and so does every query when a traced `k` is below 1.
   """
-  s, rel = _check_scores_relevance(scores, relevance)
-  _check_ties(ties)
-  _check_k(k)
+  s, rel = checks.check_scores_relevance(scores, relevance)
+  checks.check_ties(ties)
+  checks.check_k(k)
   hits = _relevant_in_top_k(s, rel, k=k, ties=ties)
   if validation.any_traced(rel, k):
-    hits = validation.poison(hits, ~jnp.any(rel, axis=1) | (jnp.asarray(k) < 1))
+    hits = validation.poison(hits, ~jnp.any(rel, axis=1) | checks.k_invalid(k))
   return hits
 
 

@@ -13,9 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from twinbench_jax._src.core import checks
 from twinbench_jax._src.core import validation
 
-METRICS = ("sqeuclidean", "euclidean", "l1", "cosine", "pearson")
+METRICS = checks.METRICS
 
 # Entries of the |x - y| block materialised at once by the L1 kernel (64 MiB of float32).
 _L1_BLOCK_ELEMENTS = 1 << 24
@@ -120,8 +121,7 @@ def similarity(
     raise ValueError(
         f"`predictions` and `references` have no features (genes): shapes {tuple(x.shape)} and "
         f"{tuple(y.shape)}; with G = 0 every candidate would tie, so nothing can be ranked")
-  if metric not in METRICS:
-    raise ValueError(f"unknown `metric` {metric!r}; choose one of {METRICS}")
+  checks.check_metric(metric)
   dtype = jnp.result_type(x.dtype, y.dtype)
   x, y = x.astype(dtype), y.astype(dtype)
   if exclude is None:

@@ -32,8 +32,8 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from twinbench_jax._src.core import checks
 from twinbench_jax._src.core import validation
 
 DEFAULT_TEMPERATURE = 0.1
@@ -65,21 +65,6 @@ class SoftTemperatures(NamedTuple):
 Temperature = Union[float, jax.Array, SoftTemperatures, Sequence, Mapping]
 
 
-def _check_positive(value, name: str):
-  # A Python number stays weakly typed, so it takes the data's precision (float32 inputs stay
-  # float32 under jax_enable_x64); an integer becomes the default float.
-  arr = jnp.asarray(value)
-  if not jnp.issubdtype(arr.dtype, jnp.floating):
-    arr = arr.astype(jnp.result_type(float))
-  if arr.ndim != 0:
-    raise ValueError(f"`{name}` must be a scalar, got shape {tuple(arr.shape)}")
-  if validation.is_concrete(arr):
-    v = float(arr)
-    if not (np.isfinite(v) and v > 0):
-      raise ValueError(f"`{name}` must be a finite positive number, got {v}")
-  return arr
-
-
 def resolve_temperatures(temperature: Temperature) -> SoftTemperatures:
   """Turns a temperature spec into a `SoftTemperatures` of scalar arrays.
 
@@ -107,7 +92,7 @@ def resolve_temperatures(temperature: Temperature) -> SoftTemperatures:
     temps = SoftTemperatures(*temperature)
   else:
     temps = SoftTemperatures(*(temperature,) * 4)
-  return SoftTemperatures(*(_check_positive(v, f"temperature.{name}")
+  return SoftTemperatures(*(checks.check_positive(v, f"temperature.{name}")
                             for name, v in zip(SoftTemperatures._fields, temps)))
 
 
@@ -132,11 +117,6 @@ def score_spread(scores: jax.Array) -> jax.Array:
 
 def _score_spread(s):
   return _nonzero_or_one(jnp.mean(_mean_abs_dev(s, axis=1)))
-
-
-def _check_relative(relative):
-  if not (isinstance(relative, bool) or relative in ("local", "global")):
-    raise ValueError(f"`relative` must be True, False, 'local' or 'global', got {relative!r}")
 
 
 def _mode(relative):
@@ -242,10 +222,10 @@ def soft_truth_ranks(scores: jax.Array, relevance: jax.Array, *,
     `[Q]` soft ranks in `[1, 1 + #non-relevant]`. Under `jit`, NaN for a query
     without a relevant candidate or with a non-finite score.
   """
-  s, rel = _check_scores_relevance(scores, relevance)
+  s, rel = checks.check_scores_relevance(scores, relevance, upcast=False)
   validation.check_no_nan(s, "scores")
-  tau = _check_positive(temperature, "temperature")
-  _check_relative(relative)
+  tau = checks.check_positive(temperature, "temperature")
+  checks.check_relative(relative)
   out = _soft_truth_ranks(s, rel, tau, relative=relative)
   if _traced(s, rel):
     out = validation.poison(out, ~jnp.any(rel, axis=1) | ~jnp.all(jnp.isfinite(s), axis=1))
@@ -283,8 +263,8 @@ def soft_hit_at_k(ranks: jax.Array, k: float = 1, *,
     `[Q]` values in (0, 1).
   """
   r = validation.as_float_array(ranks, "ranks", ndim=1)
-  _check_k(k)
-  tau = _check_positive(temperature, "temperature")
+  checks.check_k(k)
+  tau = checks.check_positive(temperature, "temperature")
   return _soft_hit(r, k, tau)
 
 
@@ -320,11 +300,11 @@ def soft_empirical_pvalues(scores: jax.Array, null_scores: jax.Array, *,
     Soft p-values of shape `S` in `(1/(B+1), 1)`. Under `jit`, NaN where the
     observed score or one of its null scores is not finite.
   """
-  m, mb = _check_scores_null(scores, null_scores, "scores", "null_scores")
+  m, mb = checks.check_scores_null(scores, null_scores, "scores", "null_scores")
   validation.check_no_nan(m, "scores")
   validation.check_no_nan(mb, "null_scores")
-  tau = _check_positive(temperature, "temperature")
-  _check_relative(relative)
+  tau = checks.check_positive(temperature, "temperature")
+  checks.check_relative(relative)
   out = _soft_pvalues(m, mb, tau, relative=relative)
   if _traced(m, mb):
     out = validation.poison(out, ~jnp.isfinite(m) | ~jnp.all(jnp.isfinite(mb), axis=0))
@@ -366,8 +346,8 @@ def soft_called(pvalues: jax.Array, alpha: Any, *, n_null: int,
     Values in [0, 1] of the broadcast shape.
   """
   p = validation.as_float_array(pvalues, "pvalues")
-  _check_n_null(n_null)
-  tau = _check_positive(temperature, "temperature")
+  checks.check_positive_int(n_null, "n_null")
+  tau = checks.check_positive(temperature, "temperature")
   return _soft_called(p, jnp.asarray(alpha, p.dtype), 1.0 / (n_null + 1.0), tau)
 
 
@@ -405,9 +385,9 @@ def soft_f1_curve(alphas: jax.Array, pvalues: jax.Array, hits: jax.Array, *, n_n
   validation.check_same_shape(p, h, "pvalues", "hits")
   for x, name in ((a, "alphas"), (p, "pvalues"), (h, "hits")):
     validation.check_no_nan(x, name)
-  _check_n_null(n_null)
-  _check_chunk(alpha_chunk)
-  tau = _check_positive(temperature, "temperature")
+  checks.check_positive_int(n_null, "n_null")
+  checks.check_positive_int(alpha_chunk, "alpha_chunk")
+  tau = checks.check_positive(temperature, "temperature")
   out = _soft_f1_curve(a, p, h, 1.0 / (n_null + 1.0), tau, alpha_chunk)
   if _traced(a, p, h):
     out = validation.poison(out, ~(_all_finite(a) & _all_finite(p) & _all_finite(h)))
@@ -487,17 +467,17 @@ def soft_auc_f1(scores: jax.Array, relevance: jax.Array, own_scores: jax.Array,
     >>> bool(abs(soft - hard) < 1e-4)
     True
   """
-  s, rel = _check_scores_relevance(scores, relevance)
-  m, mb = _check_scores_null(own_scores, null_own_scores, "own_scores", "null_own_scores")
+  s, rel = checks.check_scores_relevance(scores, relevance, upcast=False)
+  m, mb = checks.check_scores_null(own_scores, null_own_scores, "own_scores", "null_own_scores")
   if m.ndim != 1 or m.shape[0] != s.shape[0]:
     raise ValueError(f"`own_scores` must have shape (Q,) = ({s.shape[0]},), got {tuple(m.shape)}")
-  _check_k(k)
-  _check_chunk(alpha_chunk)
+  checks.check_k(k)
+  checks.check_positive_int(alpha_chunk, "alpha_chunk")
   if alpha_grid is not None and (int(alpha_grid) != alpha_grid or alpha_grid < 1):
     raise ValueError(f"`alpha_grid` must be None or a positive integer, got {alpha_grid!r}")
   for x, name in ((s, "scores"), (m, "own_scores"), (mb, "null_own_scores")):
     validation.check_no_nan(x, name)
-  _check_relative(relative)
+  checks.check_relative(relative)
   dtype = jnp.result_type(s.dtype, m.dtype, mb.dtype)
   # In the scores' precision: float32 inputs stay float32 under jax_enable_x64.
   temps = SoftTemperatures(*(t.astype(dtype) for t in resolve_temperatures(temperature)))
@@ -569,38 +549,3 @@ def _sorted_step_area(p, hits, h, tau):
 
   f1 = 2.0 * called_sum(xs, px) / (called_sum(ones, ps) + p.shape[0])
   return jnp.sum(f1 * width)
-
-
-def _check_scores_relevance(scores, relevance):
-  s = validation.as_float_array(scores, "scores", ndim=2)
-  rel = validation.as_bool_array(relevance, "relevance", ndim=2)
-  validation.check_same_shape(s, rel, "scores", "relevance")
-  validation.check_every_query_has_relevant(rel)
-  return s, rel
-
-
-def _check_scores_null(scores, null_scores, name, null_name):
-  m = validation.as_float_array(scores, name)
-  mb = validation.as_float_array(null_scores, null_name)
-  if mb.ndim != m.ndim + 1 or tuple(mb.shape[1:]) != tuple(m.shape):
-    raise ValueError(
-        f"`{null_name}` must have shape (B, *{name}.shape) = (B, {', '.join(map(str, m.shape))})"
-        f", got {tuple(mb.shape)}")
-  if mb.shape[0] < 1:
-    raise ValueError(f"`{null_name}` has zero null replicates (B = 0); need B >= 1")
-  return m, mb
-
-
-def _check_k(k):
-  if isinstance(k, (int, float, np.integer, np.floating)) and not k >= 1:
-    raise ValueError(f"`k` must be >= 1, got {k}")
-
-
-def _check_n_null(n_null):
-  if int(n_null) != n_null or n_null < 1:
-    raise ValueError(f"`n_null` must be a positive integer, got {n_null!r}")
-
-
-def _check_chunk(chunk):
-  if int(chunk) != chunk or chunk < 1:
-    raise ValueError(f"`alpha_chunk` must be a positive integer, got {chunk!r}")

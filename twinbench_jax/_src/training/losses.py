@@ -44,12 +44,15 @@ import numpy as np
 
 from twinbench_jax._src.training import metrics as metrics_lib
 from twinbench_jax._src.nulls import models
-from twinbench_jax._src.nulls import engine as nulls
+from twinbench_jax._src.nulls import checks as null_checks
+from twinbench_jax._src.nulls import predict as null_predict
+from twinbench_jax._src.nulls import scoring as null_scoring
 from twinbench_jax._src.core import own_scores as own_lib
 from twinbench_jax._src.nulls import randomize as randomize_lib
 from twinbench_jax._src.core import ranking
 from twinbench_jax._src.core import similarity as similarity_lib
 from twinbench_jax._src.soft import relaxation as soft
+from twinbench_jax._src.core import checks
 from twinbench_jax._src.core import validation
 
 PredictFn = Callable[[Any, Any], jax.Array]
@@ -95,10 +98,8 @@ def _setup(predict_fn, references, relevance, randomize, leaves, n_null, metric)
       raise ValueError(f"`relevance` must have one column per reference, got relevance "
                        f"{tuple(rel.shape)} and references {tuple(refs.shape)}")
   validation.check_every_query_has_relevant(rel)
-  if metric not in similarity_lib.METRICS:
-    raise ValueError(f"unknown `metric` {metric!r}; choose one of {similarity_lib.METRICS}")
-  if int(n_null) != n_null or n_null < 1:
-    raise ValueError(f"`n_null` must be a positive integer, got {n_null!r}")
+  checks.check_metric(metric)
+  n_null = checks.check_positive_int(n_null, "n_null")
   return _Setup(predict_fn, refs, rel, randomize_lib.resolve_randomizer(randomize, leaves=leaves),
                 int(n_null), metric, _single_truth(relevance, rel))
 
@@ -170,29 +171,10 @@ def _check_prediction_shape(setup: _Setup, model: _Model, inputs, b: int) -> Non
                      f"({b}, {g}), got {tuple(shape)}")
 
 
-def _safe_norm(x, axis=-1):
-  ss = jnp.sum(x * x, axis=axis)
-  return jnp.where(ss > 0, jnp.sqrt(jnp.where(ss > 0, ss, 1.0)), 0.0)
-
-
-def _paired_similarity(x: jax.Array, y: jax.Array, metric: str) -> jax.Array:
-  """Similarity of `x[i]` to `y[i]` (the diagonal of `tb.similarity`), with finite gradients."""
-  if metric in ("sqeuclidean", "euclidean"):
-    d = jnp.sum((x - y) ** 2, axis=-1)
-    return -d if metric == "sqeuclidean" else -_safe_norm(x - y)
-  if metric == "l1":
-    return -jnp.sum(jnp.abs(x - y), axis=-1)
-  if metric == "pearson":
-    x = x - jnp.mean(x, axis=-1, keepdims=True)
-    y = y - jnp.mean(y, axis=-1, keepdims=True)
-  nx, ny = _safe_norm(x), _safe_norm(y)
-  return jnp.sum(x * y, axis=-1) / jnp.where(nx * ny > 0, nx * ny, 1.0)
-
-
 def _own_scores(setup: _Setup, x: jax.Array, rows: jax.Array, rel_rows: jax.Array) -> jax.Array:
   """`[b]` own scores of predictions `x` (SPEC §1 default: mean similarity to the truth)."""
   if setup.truth is not None:
-    return _paired_similarity(x, setup.references[setup.truth[rows]], setup.metric)
+    return own_lib.paired_own_scores(x, setup.references[setup.truth[rows]], setup.metric)
   s = similarity_lib.similarity(x, setup.references, metric=setup.metric)
   return own_lib.own_scores(s, rel_rows)
 
@@ -318,7 +300,7 @@ def make_soft_auc_f1_loss(
     value, grads = jax.value_and_grad(total)(params, tb.QueryBatch(inputs, rows), key)
   """
   setup = _setup(predict_fn, references, relevance, randomize, leaves, n_null, metric)
-  soft._check_k(k)
+  checks.check_k(k)
   default_temps = soft.resolve_temperatures(temperature)
 
   def loss(params, batch, key, temperature=None):
@@ -410,7 +392,7 @@ def auc_f1_loss(
   if tuple(null_x.shape[1:]) != want or null_x.shape[0] < 1:
     raise ValueError(f"`null_predictions` must have shape (B, b, G) = (B, {want[0]}, "
                      f"{want[1]}) with B >= 1, got {tuple(null_x.shape)}")
-  soft._check_k(k)
+  checks.check_k(k)
   rows = jnp.arange(want[0])
   return _loss_from_predictions(setup, x, null_x, rows, soft.resolve_temperatures(temperature),
                                 k, relative)
@@ -470,13 +452,12 @@ def _metric_update(predict_fn, references, relevance, n_null, null_chunk, random
                    metric, own_score, ties, module_mode):
   """`(update, setup)` of `make_auc_f1_metric_update`."""
   setup = _setup(predict_fn, references, relevance, randomize, leaves, n_null, metric)
-  if int(null_chunk) != null_chunk or null_chunk < 1:
-    raise ValueError(f"`null_chunk` must be a positive integer, got {null_chunk!r}")
-  nulls._check_options(metric, own_score)
+  null_chunk = checks.check_positive_int(null_chunk, "null_chunk")
+  null_checks.check_options(metric, own_score)
   models.check_module_mode(module_mode)
-  rand = nulls._Randomizer(randomize, None if leaves is None else tuple(
+  rand = null_predict.Randomizer(randomize, None if leaves is None else tuple(
       [leaves] if isinstance(leaves, str) else leaves))
-  mode = nulls._own_mode(own_score, metric, setup.truth is not None)
+  mode = own_lib.own_mode(own_score, metric, setup.truth is not None)
   spec = _NullSpec(rand, metric, mode, setup.n_null, min(int(null_chunk), setup.n_null), ties)
 
   def update(state, params, batch, key, positions=None):
@@ -501,9 +482,9 @@ def _metric_update(predict_fn, references, relevance, n_null, null_chunk, random
 class _NullSpec(NamedTuple):
   """The static settings of `_batch_null` (hashable: one compilation per setting)."""
 
-  randomize: Callable  # a hashable `nulls._Randomizer`
+  randomize: Callable  # a hashable `null_predict.Randomizer`
   metric: str
-  mode: str  # own-score mode of `nulls._own_mode`
+  mode: str  # own-score mode of `own_lib.own_mode`
   n_null: int
   chunk: int  # replicates predicted at a time
   ties: str
@@ -514,17 +495,17 @@ def _batch_null(params, inputs, y, rel_rows, positions, key, *, apply, spec):
   """`[b]` own scores, exceedance counts, truth ranks, non-finite flags of one batch.
 
   The arithmetic of `tb.model_null` on the batch's rows: the observed
-  predictions come from a vmapped pass like the replicates' (`nulls._predict`)
+  predictions come from a vmapped pass like the replicates' (`null_predict.predict_observed`)
   and are scored by the same kernels, so a replicate equal to the real
   prediction is an exact tie.
   """
   randomize, metric, mode, n_null, chunk, ties = spec
   dtype = jnp.result_type(jax.eval_shape(apply, params, inputs).dtype, y.dtype)
   y = y.astype(dtype)
-  ctx = nulls._own_context(y, rel_rows, mode=mode)
-  x_obs = nulls._predict(params, inputs, key, apply=apply, randomize=randomize,
-                         batch=chunk).astype(dtype)
-  own_obs, s_obs = nulls._observed_scores(x_obs, ctx, metric=metric, mode=mode)
+  ctx = own_lib.own_context(y, rel_rows, mode=mode)
+  x_obs = null_predict.predict_observed(params, inputs, key, apply=apply, randomize=randomize,
+                                        batch=chunk).astype(dtype)
+  own_obs, s_obs = null_scoring.observed_scores(x_obs, ctx, metric=metric, mode=mode)
   ranks = ranking.truth_ranks(s_obs, rel_rows, ties=ties)
   observed = validation.nan_to_neg_inf(own_obs)
 
@@ -534,8 +515,8 @@ def _batch_null(params, inputs, y, rel_rows, positions, key, *, apply, spec):
     valid = idx < n_null
     xb = jax.vmap(lambda j: apply(params, randomize(jax.random.fold_in(key, j), inputs,
                                                     row_ids=positions)))(idx)
-    own = nulls._score_batch(xb, valid, x_obs, own_obs, None, ctx, metric=metric, mode=mode,
-                             candidate_level=False)["own"]
+    own = null_scoring.score_batch(xb, valid, x_obs, own_obs, None, ctx, metric=metric,
+                                   mode=mode, candidate_level=False)["own"]
     # the `>=` of `tb.empirical_pvalues`: a NaN null score counts, a NaN observed one is -inf
     exceed = ((own >= observed[None]) | jnp.isnan(own)) & valid[:, None]
     nonfinite = jnp.any(~jnp.isfinite(xb), axis=2) & valid[:, None]
@@ -587,8 +568,7 @@ def hard_auc_f1_validation(
     `QueryBatch(inputs, rows)`, e.g. the held-out perturbations; jit-compiled
     inside, and callable inside `jax.jit` (NaN where an input is invalid).
   """
-  if int(k) != k or k < 1:
-    raise ValueError(f"`k` must be a positive integer, got {k!r}")
+  k = checks.check_k(k, integer=True)
   update, setup = _metric_update(predict_fn, references, relevance, n_null, null_chunk,
                                  randomize, leaves, metric, "similarity", "average",
                                  module_mode)

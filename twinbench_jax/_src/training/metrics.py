@@ -28,6 +28,7 @@ import numpy as np
 from twinbench_jax._src.core import auc as auc_lib
 from twinbench_jax._src.core import pvalues as pvalues_lib
 from twinbench_jax._src.core import ranking
+from twinbench_jax._src.core import checks
 from twinbench_jax._src.core import validation
 
 
@@ -58,9 +59,8 @@ class AucF1Metric:
   @classmethod
   def empty(cls, n_queries: int, n_null: int, dtype: Any = jnp.float32) -> "AucF1Metric":
     """A metric for `n_queries` queries, none seen yet, with `n_null` replicates each."""
-    for name, value in (("n_queries", n_queries), ("n_null", n_null)):
-      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+    n_queries = checks.check_positive_int(n_queries, "n_queries")
+    n_null = checks.check_positive_int(n_null, "n_null")
     zeros = jnp.zeros((int(n_queries),), dtype)
     ints = jnp.zeros((int(n_queries),), jnp.int32)
     return cls(own_scores=zeros, counts=ints, ranks=zeros, fills=ints,
@@ -149,8 +149,7 @@ class AucF1Metric:
     Eagerly, a query never updated, updated twice, or with a non-finite
     prediction is a `ValueError`; under `jit` the result is NaN instead.
     """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-      raise ValueError(f"`k` must be a positive int, got {k!r}")
+    k = checks.check_k(k, integer=True)
     invalid = (self.fills != 1) | self.bad
     if validation.is_concrete(invalid):
       _raise_if_incomplete(np.asarray(self.fills), np.asarray(self.bad))

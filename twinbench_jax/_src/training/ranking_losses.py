@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from twinbench_jax._src.soft import relaxation as soft
+from twinbench_jax._src.core import checks
 from twinbench_jax._src.core import validation
 
 ReduceFn = Optional[Callable[..., jax.Array]]
@@ -57,7 +58,7 @@ def _inputs(scores, relevance, where):
 
 def _check_temperature(temperature, name="temperature"):
   """`soft`'s eager check; traced, a non-positive temperature poisons the loss instead."""
-  tau = soft._check_positive(temperature, name)
+  tau = checks.check_positive(temperature, name)
   if validation.is_concrete(tau):
     return tau
   return validation.poison(tau, ~(tau > 0))
