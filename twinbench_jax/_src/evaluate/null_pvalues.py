@@ -20,6 +20,7 @@ from twinbench_jax._src.data import profiles as profiles_lib
 from twinbench_jax._src.evaluate import context as context_lib
 from twinbench_jax._src.evaluate import report as report_lib
 from twinbench_jax._src.evaluate import scoring
+from twinbench_jax._src.evaluate import settings as settings_lib
 
 
 def _is_item(x) -> bool:
@@ -37,7 +38,7 @@ class LazyNullProfiles:
   of one file are held at a time.
   """
 
-  def __init__(self, null, ctx: "context_lib.Context", n_null: Optional[int]):
+  def __init__(self, null, ctx: context_lib.Context, n_null: Optional[int]):
     self._ctx = ctx
     nq, ng = len(ctx.queries), len(ctx.genes)
     self._array = self._by_label = None
@@ -183,18 +184,20 @@ def _transformed_call(func, gene_idx, reference, keep, metric, args, kwargs, inp
   return out if keep is None else context_lib.fill_excluded(out, keep, metric, jnp)
 
 
-def _model_pvalues(ctx: "context_lib.Context", predictions, *, predict_fn, inputs, n_null, key,
-                   randomize, progress, notes, candidate_level=False) -> tuple:
+def _model_pvalues(null: settings_lib.NullSettings, ctx: context_lib.Context, predictions, *,
+                   key, progress, notes, candidate_level=False) -> tuple:
   """The model-in-the-loop null through the null engine (`tb.model_null`, SPEC §3).
 
+  `key` is the null's own key (derived from `null.key` or `null.seed`).
   Returns `(pvalues [Q], n_null, candidate p-values [Q, C] or None)`.
   """
-  from twinbench_jax._src.nulls import engine as nulls
+  from twinbench_jax._src.nulls import model as nulls
 
   gene_idx = jnp.asarray(ctx.pred_gene_idx, jnp.int32)
   ref = (None if ctx.pred_reference is None
          else jnp.asarray(ctx.pred_reference, scoring.default_float()))
   keep = None if ctx.null_keep is None else jnp.asarray(ctx.null_keep)
+  predict_fn = null.predict_fn
   # A partial keeps the model's own partial arguments (its parameters) traced, not constants.
   if isinstance(predict_fn, functools.partial):
     predict = functools.partial(_transformed_call, predict_fn.func, gene_idx, ref, keep,
@@ -203,10 +206,11 @@ def _model_pvalues(ctx: "context_lib.Context", predictions, *, predict_fn, input
     predict = functools.partial(_transformed_call, predict_fn, gene_idx, ref, keep, ctx.metric,
                                 (), {})
   predictions = ctx.fill_excluded(predictions)
-  res = nulls.model_null(predict, inputs, ctx.null_references(), ctx.relevance, key=key,
-                         n_null=n_null, randomize=randomize, metric=ctx.metric,
+  n_null = 1000 if null.n_null is None else int(null.n_null)
+  res = nulls.model_null(predict, null.inputs, ctx.null_references(), ctx.relevance, key=key,
+                         n_null=n_null, randomize=null.randomize, metric=ctx.metric,
                          candidate_level=candidate_level, progress=progress)
-  observed = np.asarray(predict(inputs))
+  observed = np.asarray(predict(null.inputs))
   if observed.shape != predictions.shape or not np.allclose(observed, predictions, rtol=1e-4,
                                                             atol=1e-5):
     notes.append("predict_fn(inputs) does not reproduce the predictions of adata_pred; the "
@@ -214,8 +218,8 @@ def _model_pvalues(ctx: "context_lib.Context", predictions, *, predict_fn, input
   return np.asarray(res.pvalues, np.float64), res.n_null, res.candidate_pvalues
 
 
-def query_pvalues(kind, null, ctx, predictions, model, *, n_null, predict_fn, inputs, key,
-                   randomize, progress, notes, candidate_level=False) -> tuple:
+def query_pvalues(null: settings_lib.NullSettings, ctx: context_lib.Context, predictions,
+                  model: scoring.Scored, *, key, progress, notes, candidate_level=False) -> tuple:
   """The null step: `(p-values [Q], n_null, candidate p-values [Q, C] or None)` (SPEC §3).
 
   ``"label"`` keeps the exact label-permutation p-values of the scoring
@@ -224,18 +228,17 @@ def query_pvalues(kind, null, ctx, predictions, model, *, n_null, predict_fn, in
   scores given null predictions, both through the null engine (`tb.model_null`,
   `tb.precomputed_null`), which streams replicates in chunks. With
   `candidate_level`, the sampled nulls also count the `[Q, C]` entry-wise
-  exceedances; the label null's are made by `candidate_pvalues`.
+  exceedances; the label null's are made by `candidate_pvalues`. `key`: the
+  model null's key.
   """
-  if kind == "label":
+  if null.kind == "label":
     return model.pvalues, len(model.labels) - 1, None
-  if kind == "model":
-    return _model_pvalues(ctx, predictions, predict_fn=predict_fn, inputs=inputs,
-                          n_null=1000 if n_null is None else int(n_null), key=key,
-                          randomize=randomize, progress=progress, notes=notes,
+  if null.kind == "model":
+    return _model_pvalues(null, ctx, predictions, key=key, progress=progress, notes=notes,
                           candidate_level=candidate_level)
-  from twinbench_jax._src.nulls import engine as nulls
+  from twinbench_jax._src.nulls import precomputed as nulls
 
-  lazy = LazyNullProfiles(null, ctx, n_null)
+  lazy = LazyNullProfiles(null.null, ctx, null.n_null)
   x = np.asarray(ctx.fill_excluded(predictions), scoring.default_float())
   res = nulls.precomputed_null(x, lazy, ctx.null_references(), ctx.relevance, metric=ctx.metric,
                                candidate_level=candidate_level, progress=progress)
@@ -243,7 +246,7 @@ def query_pvalues(kind, null, ctx, predictions, model, *, n_null, predict_fn, in
 
 
 
-def candidate_pvalues(kind: str, sampled, ctx: "context_lib.Context", predictions) -> jax.Array:
+def candidate_pvalues(kind: str, sampled, ctx: context_lib.Context, predictions) -> jax.Array:
   """`[Q, C]` entry-wise p-values `p[q, c]` (SPEC §3) for the candidate-level AUC-F1.
 
   The sampled nulls counted them while streaming (`sampled`); for the label
@@ -252,7 +255,7 @@ def candidate_pvalues(kind: str, sampled, ctx: "context_lib.Context", prediction
   """
   if kind != "label":
     return jnp.asarray(sampled)
-  from twinbench_jax._src.nulls import engine as nulls
+  from twinbench_jax._src.nulls import label as nulls
 
   res = nulls.label_null(jnp.asarray(predictions, scoring.default_float()), ctx.references,
                          ctx.relevance,
@@ -260,7 +263,7 @@ def candidate_pvalues(kind: str, sampled, ctx: "context_lib.Context", prediction
   return res.candidate_pvalues
 
 
-def candidate_view(pvalues, ctx: "context_lib.Context", direction: str) -> auc_lib.AucF1Result:
+def candidate_view(pvalues, ctx: context_lib.Context, direction: str) -> auc_lib.AucF1Result:
   """The candidate-level AUC-F1 curve (SPEC §4) of `[Q, C]` p-values, in the rank direction.
 
   ``"pred_to_real"``: query `q` retrieves the real profiles `c` with
