@@ -109,6 +109,29 @@ def test_evaluate_options(files, tmp_path, capsys):
   assert json.loads((tmp_path / "top" / "report.json").read_text())["n_genes"] == 4
 
 
+def test_evaluate_flags_build_the_settings_of_the_python_call(files, tmp_path):
+  from twinbench_jax import cli
+  from twinbench_jax._src.evaluate import settings as settings_lib
+
+  targets = tmp_path / "targets.csv"
+  targets.write_text("perturbation,gene\np1,g3\np1,g4\np2,g5\n")
+  args = cli.build_parser().parse_args(
+      ["evaluate", "--pred", str(files["pred"]), "--real", str(files["real"]), "--out",
+       str(tmp_path / "o"), "--genes", str(files["genes"]), "--target-genes", str(targets),
+       "--null", *map(str, files["nulls"]), "--n-null", "2", "--baselines", "split_half,mean",
+       "--metric", "l1", "--k", "2", "--no-control", "--pred-layer", "X", "--normalize",
+       "log1p", "--delta", "mean", "--direction", "real_to_pred", "--seed", "4", "--name", "m"])
+  from_cli = settings_lib.build(**cli.evaluate_options(args))
+  from_python = settings_lib.build(
+      genes=["g1", "g2", "g5", "g7", "g11"], target_genes={"p1": ["g3", "g4"], "p2": "g5"},
+      null=[str(f) for f in files["nulls"]], n_null=2, baselines=["split_half", "mean"],
+      metric="l1", k=2, control=False, pred_layer="X", normalize="log1p", delta="mean",
+      direction="real_to_pred", seed=4, name="m", progress=True)
+  assert from_cli == from_python
+  assert from_cli.null.null == from_python.null.null  # not part of ==: compared here
+  assert from_cli != settings_lib.build(**{**cli.evaluate_options(args), "k": 1})
+
+
 @pytest.mark.parametrize("case, argv_fn, message", [
     ("missing key", lambda f: ["--perturbation-key", "guide"], "'guide'"),
     ("absent control", lambda f: ["--control", "NT"], "control label 'NT' not found"),

@@ -272,9 +272,29 @@ def _baselines_arg(value: str) -> tuple[str, ...]:
     raise UsageError(f"--baselines: {e}") from None
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
-  from twinbench_jax._src.evaluate import evaluate as evaluate_lib
+def evaluate_options(args: argparse.Namespace) -> dict:
+  """The keyword options of `tb.evaluate` from `twinbench evaluate`'s flags.
 
+  Reads the files the flags name (--genes, --target-genes) and checks --null
+  and --baselines (`UsageError`); `settings.build(**options)` then makes the
+  same checked `Settings` as `tb.evaluate(..., **options)`.
+  """
+  return dict(
+      perturbation_key=args.perturbation_key, pred_perturbation_key=args.pred_perturbation_key,
+      control=False if args.no_control else args.control,
+      include_control=args.include_control, layer=args.layer, pred_layer=args.pred_layer,
+      normalize=args.normalize, pred_normalize=args.pred_normalize,
+      genes=_read_gene_file(args.genes) if args.genes else None, n_top_genes=args.n_top_genes,
+      strict_genes=args.strict_genes, target_genes=_target_genes_arg(args.target_genes),
+      delta=args.delta, unmatched=args.unmatched, metric=args.metric, k=args.k,
+      null=_null_arg(args.null), n_null=args.n_null, seed=args.seed,
+      baselines=_baselines_arg(args.baselines), chunk_size=args.chunk_size,
+      progress=not args.quiet, name=args.name, direction=args.direction,
+      candidate_level=args.candidate_level)
+
+
+def _check_evaluate_flags(args: argparse.Namespace) -> None:
+  """The numbers and input files of `twinbench evaluate`, checked before anything is read."""
   if args.n_null is not None and args.n_null < 1:
     raise UsageError(f"--n-null must be >= 1 (number of null replicates), got {args.n_null}")
   if args.k < 1:
@@ -287,29 +307,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
   for flag, path in (("--pred", args.pred), ("--real", args.real)):
     if not os.path.isfile(path):
       raise UsageError(f"{flag}: file not found: {path!r}")
-  genes = _read_gene_file(args.genes) if args.genes else None
-  target_genes = _target_genes_arg(args.target_genes)
-  null = _null_arg(args.null)
-  wanted = _baselines_arg(args.baselines)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+  from twinbench_jax._src.evaluate import settings as settings_lib
+  from twinbench_jax._src.evaluate import steps
+
+  _check_evaluate_flags(args)
+  options = evaluate_options(args)
   _probe_output(args.out)
   inputs = [("--pred", args.pred), ("--real", args.real), ("--genes", args.genes),
             ("--target-genes", args.target_genes)]
-  if null != "label":
-    inputs += [("--null", v) for v in null]
+  if options["null"] != "label":
+    inputs += [("--null", v) for v in options["null"]]
   _check_not_inside(args.out, [(f, p) for f, p in inputs if p and os.path.isfile(p)])
 
   _enable_compilation_cache(args)
-  report = evaluate_lib.evaluate(
-      args.pred, args.real, perturbation_key=args.perturbation_key,
-      pred_perturbation_key=args.pred_perturbation_key,
-      control=False if args.no_control else args.control,
-      include_control=args.include_control, layer=args.layer, pred_layer=args.pred_layer,
-      normalize=args.normalize, pred_normalize=args.pred_normalize, genes=genes,
-      n_top_genes=args.n_top_genes, strict_genes=args.strict_genes, target_genes=target_genes,
-      delta=args.delta,
-      unmatched=args.unmatched, metric=args.metric, k=args.k, null=null, n_null=args.n_null,
-      seed=args.seed, baselines=wanted, chunk_size=args.chunk_size, progress=not args.quiet,
-      name=args.name, direction=args.direction, candidate_level=args.candidate_level)
+  report = steps.run(args.pred, args.real, settings_lib.build(**options))
   with _out_errors(args.out):
     report.save(args.out, plots=args.plots)
   if not args.quiet:
