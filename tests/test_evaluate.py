@@ -404,3 +404,20 @@ def test_report_settings_come_from_the_settings_object(pair):
   assert dict(s) == expected
   assert (s["genes"], s["target_genes"], s["delta"], s["seed"], s["direction"]) == (
       "top 20 variable", "mapping of 1 perturbation(s)", "mean", 5, "real_to_pred")
+
+
+def test_baselines_come_from_the_registry():
+  from twinbench_jax._src.data import baselines as baselines_lib
+
+  reg = baselines_lib.REGISTRY
+  assert tb.BASELINES == tuple(reg) == ("mean", "control", "split_half")
+  assert all(spec.name == name for name, spec in reg.items())
+  assert [spec.input_agnostic for spec in reg.values()] == [True, True, False]
+  assert [spec.needs_control for spec in reg.values()] == [False, True, False]
+  cands, n = np.array([[1.0, 2.0], [3.0, 6.0]]), np.array([4, 5])
+  profile, cells = reg["mean"].predict(cands, n, np.array([9.0, 9.0]), 7)
+  np.testing.assert_array_equal(profile, [2.0, 4.0])
+  assert cells == 9
+  profile, cells = reg["control"].predict(cands, n, np.array([9.0, 8.0]), 7)
+  np.testing.assert_array_equal(profile, [9.0, 8.0])
+  assert cells == 7

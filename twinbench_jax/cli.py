@@ -155,8 +155,7 @@ def _format_table(rows: list[tuple], header: tuple, fmts: tuple) -> str:
   return "\n".join(lines)
 
 
-_BASELINE_LABELS = {"mean": "mean baseline", "control": "control baseline",
-                    "split_half": "split-half baseline"}
+_BASELINE_LABELS = {name: spec.label for name, spec in baselines_lib.REGISTRY.items()}
 
 
 def _report_rows(report) -> list[tuple]:

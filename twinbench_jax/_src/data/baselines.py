@@ -10,19 +10,70 @@
 
 The first two are one profile broadcast to every query; the split-half needs
 per-cell half assignments, made here before the matrix is read, so that one
-pass over the data gives both halves of every perturbation.
+pass over the data gives both halves of every perturbation. `REGISTRY` holds
+each baseline's spec (name -> `Baseline`); `BASELINES` its names, in order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Any, Optional
+import types
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
 from twinbench_jax._src.data import profiles as profiles_lib
 
-BASELINES = ("mean", "control", "split_half")
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+  """A calibration baseline of `tb.evaluate` (SPEC §6).
+
+  Attributes:
+    name: its name in `baselines=` and in the report.
+    label: how tables and plots name it.
+    needs_control: scored only when the data has control cells.
+    predict: for a baseline that predicts one profile whatever its input:
+      `(candidate profiles [C, G], their cell counts [C], control profile [G]
+      or None, control cell count or None) -> (profile [G], cells averaged)`.
+      None for the split-half, which predicts each perturbation from half of
+      its own real cells.
+  """
+
+  name: str
+  label: str
+  needs_control: bool = False
+  predict: Optional[Callable[..., tuple[np.ndarray, int]]] = None
+
+  @property
+  def input_agnostic(self) -> bool:
+    """Whether it predicts the same profile for every query (p = 1 under a sampled null)."""
+    return self.predict is not None
+
+
+def mean_profile(profiles: np.ndarray) -> np.ndarray:
+  """`[G]` the mean-baseline prediction: the unweighted mean of `[P, G]` profiles."""
+  return np.asarray(profiles, np.float64).mean(axis=0)
+
+
+def _predict_mean(candidates, n_cells, control, n_control) -> tuple[np.ndarray, int]:
+  del control, n_control  # the mean of the perturbation profiles only
+  return mean_profile(candidates), int(n_cells.sum())
+
+
+def _predict_control(candidates, n_cells, control, n_control) -> tuple[np.ndarray, int]:
+  del candidates, n_cells
+  return control, int(n_control)
+
+
+REGISTRY: Mapping[str, Baseline] = types.MappingProxyType({
+    "mean": Baseline("mean", "mean baseline", predict=_predict_mean),
+    "control": Baseline("control", "control baseline", needs_control=True,
+                        predict=_predict_control),
+    "split_half": Baseline("split_half", "split-half baseline"),
+})
+BASELINES = tuple(REGISTRY)
 
 
 def check_baselines(baselines) -> tuple[str, ...]:
@@ -71,11 +122,6 @@ def split_halves(codes: np.ndarray, *, seed: int = 0) -> np.ndarray:
   half[order] = half_sorted
   half[codes < 0] = -1
   return half
-
-
-def mean_profile(profiles: np.ndarray) -> np.ndarray:
-  """`[G]` the mean-baseline prediction: the unweighted mean of `[P, G]` profiles."""
-  return np.asarray(profiles, np.float64).mean(axis=0)
 
 
 def split_half(

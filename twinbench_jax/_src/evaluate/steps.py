@@ -214,8 +214,8 @@ def _check_control(pred, real, keys, real_uniq, pred_uniq, settings: Settings, n
   if control is None:
     if delta == "control" or delta == "pred_control":
       raise ValueError(f"delta={delta!r} needs control cells, but control=False")
-    if "control" in baselines:
-      baselines = tuple(b for b in baselines if b != "control")
+    if any(baselines_lib.REGISTRY[b].needs_control for b in baselines):
+      baselines = tuple(b for b in baselines if not baselines_lib.REGISTRY[b].needs_control)
       notes.append("no control: the control baseline is skipped")
   if delta == "pred_control" and control not in set(pred_uniq):
     raise ValueError(f"delta='pred_control' needs control cells labelled {control!r} in "
@@ -341,40 +341,40 @@ def score_baselines(real, ctx: context_lib.Context, profiles: Profiles, labels: 
 
   `n_null`: the model null's replicates (`null_pvalues.baseline_null`).
   """
-  names = labels.baselines
-  if len(labels.queries) < 2 and any(name != "split_half" for name in names):
+  specs = [baselines_lib.REGISTRY[name] for name in labels.baselines]
+  if len(labels.queries) < 2 and any(spec.input_agnostic for spec in specs):
     notes.append("the mean and control baselines are skipped: their label null needs at least "
                  "2 queries")
-    names = tuple(name for name in names if name == "split_half")
+    specs = [spec for spec in specs if not spec.input_agnostic]
   out = {}
-  for name in names:
-    if name in ("mean", "control"):
-      out[name] = _one_profile_baseline(name, ctx, profiles, labels, settings, n_null)
-    elif name == "split_half":
+  for spec in specs:
+    if spec.input_agnostic:
+      out[spec.name] = _one_profile_baseline(spec, ctx, profiles, labels, settings, n_null)
+    else:
       scored = _split_half_baseline(real, ctx, profiles, labels, settings, n_null, notes)
       if scored is not None:
-        out[name] = scored
+        out[spec.name] = scored
   notes += null_pvalues.baseline_null_note(settings.null.kind, tuple(out))
   return out
 
 
-def _one_profile_baseline(name: str, ctx: context_lib.Context, profiles: Profiles,
-                          labels: Labels, settings: Settings, n_null: int) -> ScoredBaseline:
-  """The mean or control baseline: one profile predicted for every query."""
+def _one_profile_baseline(spec: baselines_lib.Baseline, ctx: context_lib.Context,
+                          profiles: Profiles, labels: Labels, settings: Settings, n_null: int
+                          ) -> ScoredBaseline:
+  """A baseline that predicts one profile for every query (the mean or the control)."""
   sc, queries, n_cand = settings.scoring, labels.queries, len(labels.candidates)
-  if name == "mean":
-    profile = baselines_lib.mean_profile(profiles.real[:n_cand])
-    n_pred = int(profiles.n_real[:n_cand].sum())
-  else:
-    profile = _control_profile(profiles, labels)
-    n_pred = int(profiles.n_real[profiles.real_groups.index(labels.control)])
+  n_control = (None if labels.control is None
+               else profiles.n_real[profiles.real_groups.index(labels.control)])
+  profile, n_pred = spec.predict(profiles.real[:n_cand], profiles.n_real[:n_cand],
+                                 _control_profile(profiles, labels), n_control)
   exclude = _query_exclude(ctx, queries)
   x = scoring.one_profile_rows(ctx.transform_real(profile), len(queries), n_cand,
                                host_l1=scoring.uses_host_l1(sc.metric, exclude))
   scored = scoring.score(queries, x, ctx.references, np.asarray(ctx.truth),
                          np.zeros(len(queries)), metric=sc.metric, k=sc.k, ties=sc.ties,
                          exclude=exclude, direction=sc.direction)
-  scored, kind, b = null_pvalues.baseline_null(scored, name, settings.null.kind, n_null, sc.k)
+  scored, kind, b = null_pvalues.baseline_null(scored, spec.name, settings.null.kind, n_null,
+                                               sc.k)
   table = scored.table(_ranked(labels, sc.direction), sc.k, np.full(len(queries), n_pred),
                        _query_n_real(profiles, labels))
   return ScoredBaseline(scored, kind, b, table)
