@@ -8,7 +8,7 @@ is closer to its own truth than the predictions for the other perturbations.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +19,7 @@ from twinbench_jax._src.core import own_scores as own_lib
 from twinbench_jax._src.core import ranking
 from twinbench_jax._src.core import similarity as similarity_lib
 from twinbench_jax._src.core import validation
+from twinbench_jax._src.nulls import query_sharding
 
 
 class ArrayEvaluation(NamedTuple):
@@ -57,6 +58,7 @@ def evaluate_arrays(
     metric: str = "sqeuclidean",
     k: int = 1,
     ties: str = "average",
+    mesh: Optional[Any] = None,
 ) -> ArrayEvaluation:
   """Scores predictions against references with the exact label-permutation null.
 
@@ -68,6 +70,14 @@ def evaluate_arrays(
     metric: similarity metric (see `tb.similarity`).
     k: a query is correct when its truth ranks within the top `k`.
     ties: tie rule of `tb.truth_ranks`.
+    mesh: None (default): one device holds the `[Q, C]` similarities. A
+      `jax.sharding.Mesh` with a ``"queries"`` axis (`tb.query_mesh()`):
+      the queries are split over that axis, so each device holds `Q/n` rows
+      of the similarities (memory O(Q C / n)); the label-null counts are
+      summed over devices as integers, so the results equal the unsharded
+      ones (bit for bit where XLA rounds a row block as the whole matrix,
+      see `query_sharding`). In a `jax.distributed` job every process passes
+      the same full inputs and gets the whole result.
 
   Returns:
     An `ArrayEvaluation`. Ranks, p-values and every summary are in at least
@@ -112,7 +122,12 @@ def evaluate_arrays(
     raise ValueError(f"unknown `ties` {ties!r}; choose one of {ranking.TIES}")
   if k < 1:
     raise ValueError(f"`k` must be >= 1, got {k}")
-  res, any_bad = _evaluate_arrays(x, y, rel, metric=metric, k=k, ties=ties, single=single)
+  if mesh is None:
+    res, any_bad = _evaluate_arrays(x, y, rel, metric=metric, k=k, ties=ties, single=single)
+  else:
+    out = query_sharding.score_queries(x, y, rel, mesh=query_sharding.check_query_mesh(mesh),
+                                       metric=metric, single=single, ties=ties)
+    res, any_bad = _summary(out["ranks"], out["own"], out["pvalues"], x, y, rel, k=k)
   if not validation.any_traced(x, y) and bool(any_bad):
     # One NaN policy with `tb.label_null`: a non-finite profile is refused, not ranked
     # last. The kernel's fused flag spares a host copy of the inputs when all is well.
@@ -149,15 +164,22 @@ def _evaluate_arrays(x, y, rel, *, metric, k, ties, single=None):
   s = validation.at_least_float32(similarity_lib._similarity(x, y, metric=metric))
   cross = own_lib._cross(s, rel, single=single)
   scored = label_scoring.label_null_scores(s, cross, rel, k=k, ties=ties, single=single)
-  ranks, correct, curve = scored.ranks, scored.correct, scored.curve
+  return _summary(scored.ranks, scored.own_scores, scored.pvalues, x, y, rel, k=k)
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _summary(ranks, own_scores, pvalues, x, y, rel, *, k):
+  """`(ArrayEvaluation, some query invalid)` from the per-query ranks, own scores, p-values."""
+  correct = ranks <= k
+  curve = auc_lib._auc_f1(pvalues, correct, jnp.ones_like(correct))
   if rel is None:
     n_other = jnp.full(ranks.shape, max(y.shape[0] - 1, 1), ranks.dtype)
   else:
     n_other = jnp.maximum(jnp.sum(~rel, axis=1), 1)
   res = ArrayEvaluation(
       ranks=ranks,
-      own_scores=scored.own_scores,
-      pvalues=scored.pvalues,
+      own_scores=own_scores,
+      pvalues=pvalues,
       correct=correct,
       curve=curve,
       auc_f1=curve.auc,

@@ -144,12 +144,12 @@ def shard_map(f, *, mesh: Mesh, in_specs: Any, out_specs: Any):
                           check_rep=False)
 
 
-def varying(tree: Any) -> Any:
-  """Marks values inside `shard_map` as differing between devices (loop carries)."""
+def varying(tree: Any, axis: str = AXIS) -> Any:
+  """Marks values inside `shard_map` as differing between devices along `axis` (loop carries)."""
   if hasattr(jax.lax, "pcast"):
-    return jax.lax.pcast(tree, (AXIS,), to="varying")
+    return jax.lax.pcast(tree, (axis,), to="varying")
   if hasattr(jax.lax, "pvary"):
-    return jax.lax.pvary(tree, (AXIS,))
+    return jax.lax.pvary(tree, (axis,))
   return tree
 
 
@@ -168,6 +168,11 @@ def _place(tree: Any, target: NamedSharding) -> Any:
     return jax.make_array_from_callback(leaf.shape, target, lambda index: leaf[index])
 
   return jax.tree.map(one, tree)
+
+
+def place(tree: Any, mesh: Mesh, spec: PartitionSpec) -> Any:
+  """Places every leaf of `tree` on `mesh` as `spec` says, across processes too (see `_place`)."""
+  return _place(tree, NamedSharding(mesh, spec))
 
 
 def replicated(tree: Any, mesh: Mesh) -> Any:
