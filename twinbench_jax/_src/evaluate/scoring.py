@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from twinbench_jax._src.core import auc as auc_lib
+from twinbench_jax._src.core import label_scoring
 from twinbench_jax._src.core import native
 from twinbench_jax._src.core import pvalues as pvalues_lib
 from twinbench_jax._src.core import ranking
@@ -36,9 +37,11 @@ def score_kernel(x, y, truth, rows, exclude, l1, *, metric, k, ties,
                   direction="pred_to_real"):
   """Every number of one predictor in a single compiled kernel.
 
-  Similarities, truth ranks, own scores, label-null p-values, popularity,
-  the AUC-F1 curve and Benjamini–Hochberg p-values. One kernel compiles once
-  (about a second on a CPU) where separate ones would each pay a compile.
+  Similarities (computed here: excluded genes, host L1, rank direction), then
+  the shared label-null chain (`label_scoring.label_null_scores`: truth
+  ranks, own scores, label-null p-values, the AUC-F1 curve), popularity and
+  Benjamini–Hochberg p-values. One kernel compiles once (about a second on a
+  CPU) where separate ones would each pay a compile.
 
   Args:
     x: `[R, G]` predicted profiles.
@@ -87,13 +90,12 @@ def score_kernel(x, y, truth, rows, exclude, l1, *, metric, k, ties,
     rel = jnp.arange(s.shape[1])[None, :] == jnp.arange(s.shape[0])[:, None]
   else:
     rel = jnp.arange(s.shape[1])[None, :] == truth[:, None]
-  ranks = ranking._truth_ranks(s, rel, ties=ties)
-  p_label = pvalues_lib._label_permutation_pvalues(cross)
+  res = label_scoring.label_null_scores(s, cross, rel, k=k, ties=ties)
   top1 = jnp.argmax(validation.nan_to_neg_inf(s), axis=1)
   popularity = ranking.top1_counts(s)
-  curve, bh = _finish(p_label, ranks, k)
-  return (ranks, jnp.diagonal(cross), p_label, top1, popularity, ranking.gini(popularity), curve,
-          bh, trusted)
+  bh = pvalues_lib._benjamini_hochberg(res.pvalues)
+  return (res.ranks, res.own_scores, res.pvalues, top1, popularity, ranking.gini(popularity),
+          res.curve, bh, trusted)
 
 
 def excluded_scores(x, y, truth, rows, exclude, metric):

@@ -13,8 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import numpy as np
 
-from twinbench_jax._src.core import ranking
-from twinbench_jax._src.core import similarity as similarity_lib
+from twinbench_jax._src.core import checks as core_checks
 from twinbench_jax._src.data import baselines as baselines_lib
 from twinbench_jax._src.data import profiles as profiles_lib
 from twinbench_jax._src.evaluate import checks
@@ -244,13 +243,9 @@ def build(
 
 def _scoring(metric: Any, ties: Any, k: Any) -> ScoringSettings:
   """The metric, tie rule and `k`, checked (the rest of the scoring options come later)."""
-  if metric not in similarity_lib.METRICS:
-    raise ValueError(f"unknown `metric` {metric!r}; choose one of {similarity_lib.METRICS}")
-  if ties not in ranking.TIES:
-    raise ValueError(f"unknown `ties` {ties!r}; choose one of {ranking.TIES}")
-  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-    raise ValueError(f"`k` must be an integer >= 1, got {k!r}")
-  return ScoringSettings(metric=metric, k=int(k), ties=ties)
+  return ScoringSettings(metric=core_checks.check_metric(metric),
+                         ties=core_checks.check_ties(ties),
+                         k=core_checks.check_k(k, integer=True))
 
 
 def _expression(layer, pred_layer, normalize, pred_normalize, delta, chunk_size
