@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from twinbench_jax._src.core import auc as auc_lib
+from twinbench_jax._src.data import baselines as baselines_lib
 from twinbench_jax._src.data import profiles as profiles_lib
 from twinbench_jax._src.evaluate import context as context_lib
 from twinbench_jax._src.evaluate import report as report_lib
@@ -281,26 +282,29 @@ def candidate_view(pvalues, ctx: context_lib.Context, direction: str) -> auc_lib
 def baseline_null(scored: scoring.Scored, name: str, null_kind: str, n_null: int, k: int) -> tuple:
   """`(scored, null kind, n_null)` of a baseline under the model's null kind (SPEC §6).
 
-  The mean and control baselines predict one profile whatever their input, so
-  rerunning them on randomised inputs gives the same profile: every replicate
-  ties, and their p-values under a model or precomputed null are 1 by
-  construction (SPEC §3), which is set directly. The split-half baseline has
-  no model to rerun and no null predictions: it keeps the label null.
+  The mean and control baselines predict one profile whatever their input
+  (`Baseline.input_agnostic`), so rerunning them on randomised inputs gives
+  the same profile: every replicate ties, and their p-values under a model or
+  precomputed null are 1 by construction (SPEC §3), which is set directly.
+  The split-half baseline has no model to rerun and no null predictions: it
+  keeps the label null.
   """
-  if null_kind == "label" or name == "split_half":
+  if null_kind == "label" or not baselines_lib.REGISTRY[name].input_agnostic:
     return scored, "label", len(scored.labels) - 1
   return scored.with_pvalues(np.ones(len(scored.labels)), k), null_kind, n_null
 
 
 def baseline_null_note(null_kind: str, names) -> list[str]:
+  """The notes on the baselines `names` scored under a model or precomputed null."""
   if null_kind == "label" or not names:
     return []
   notes = []
-  if set(names) & {"mean", "control"}:
+  agnostic = [baselines_lib.REGISTRY[name].input_agnostic for name in names]
+  if any(agnostic):
     notes.append(f"the mean and control baselines ignore their input: under the {null_kind} "
                  "null every replicate ties with them, so their p-values are 1 and their "
                  "AUC-F1 is 0 by construction")
-  if "split_half" in names:
+  if not all(agnostic):
     notes.append("the split-half baseline is scored with the label null: it has no model to "
                  f"rerun on randomised inputs and no null predictions for a {null_kind} null")
   return notes
