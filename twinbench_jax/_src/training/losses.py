@@ -174,7 +174,8 @@ def _check_prediction_shape(setup: _Setup, model: _Model, inputs, b: int) -> Non
 def _own_scores(setup: _Setup, x: jax.Array, rows: jax.Array, rel_rows: jax.Array) -> jax.Array:
   """`[b]` own scores of predictions `x` (SPEC §1 default: mean similarity to the truth)."""
   if setup.truth is not None:
-    return own_lib.paired_own_scores(x, setup.references[setup.truth[rows]], setup.metric)
+    truth = setup.references[setup.truth[rows]]
+    return similarity_lib.get_metric(setup.metric).paired(x, truth)
   s = similarity_lib.similarity(x, setup.references, metric=setup.metric)
   return own_lib.own_scores(s, rel_rows)
 
