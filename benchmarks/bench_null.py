@@ -39,8 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import twinbench_jax as tb
-from twinbench_jax._src.nulls import engine as nulls
 from twinbench_jax._src.nulls import sharding
+from twinbench_jax._src.nulls import streaming
 
 
 def _problem(q, c, g, d, seed=0):
@@ -106,7 +106,7 @@ def _warm_null(w, inputs, refs, n_null, candidate_level, full=True, **kw):
   devices = jax.devices() if kw.get("devices") is None else kw["devices"]
   layout = sharding.chunk_layout(
       n_null, len(devices), kw.get("chunk_size"), kw.get("batch_size"),
-      nulls._bytes_per_replicate(q, refs.shape[0], g, candidate_level, inputs),
+      streaming.bytes_per_replicate(q, refs.shape[0], g, candidate_level, inputs),
       batch_bytes=sharding.batch_bytes(devices))
   if full:
     res = _null(w, inputs, refs, n_null, candidate_level, **kw)

@@ -408,13 +408,13 @@ def test_plain_function_and_partial_agree():
 
 
 def test_partial_arrays_are_traced_arguments():
-  from twinbench_jax._src.nulls import engine as nulls  # pylint: disable=g-import-not-at-top
+  from twinbench_jax._src.nulls import predict  # pylint: disable=g-import-not-at-top
   params, _, _, _ = toy(seed=17)
-  apply, dynamic = nulls._split_predict(functools.partial(mlp_apply, params,
-                                                          activation=jnp.tanh))
+  apply, dynamic = predict.split_predict(functools.partial(mlp_apply, params,
+                                                           activation=jnp.tanh))
   assert len(dynamic) == 4  # the four parameter arrays; `activation` stays static
-  other, _ = nulls._split_predict(functools.partial(mlp_apply, toy(seed=18)[0],
-                                                    activation=jnp.tanh))
+  other, _ = predict.split_predict(functools.partial(mlp_apply, toy(seed=18)[0],
+                                                     activation=jnp.tanh))
   assert apply == other and hash(apply) == hash(other)  # new weights reuse the compiled kernel
 
 

@@ -24,13 +24,12 @@ from twinbench_jax._src.training.losses import (
     soft_auc_f1_loss,
 )
 from twinbench_jax._src.training.metrics import AucF1Metric
-from twinbench_jax._src.nulls.engine import (
-    OWN_SCORES,
-    NullResult,
-    label_null,
-    model_null,
-    precomputed_null,
-)
+from twinbench_jax._src.core.own_scores import OWN_SCORES
+from twinbench_jax._src.nulls.label import label_null
+from twinbench_jax._src.nulls.model import model_null
+from twinbench_jax._src.nulls.query_sharding import query_mesh
+from twinbench_jax._src.nulls.precomputed import precomputed_null
+from twinbench_jax._src.nulls.result import NullResult
 from twinbench_jax._src.core.own_scores import cross_own_scores, own_scores
 from twinbench_jax._src.nulls.arrays import ArrayEvaluation, evaluate_arrays
 from twinbench_jax._src.core.pvalues import (
@@ -152,6 +151,7 @@ __all__ = [
     "make_auc_f1_metric_update",
     "make_soft_auc_f1_loss",
     "model_null",
+    "query_mesh",
     "normalized_rank",
     "own_scores",
     "pairwise_logistic_loss",

@@ -1,4 +1,3 @@
-"""Permutation nulls: the model, precomputed and label nulls and their sharding.
-
-Built on `core`; replicates are streamed, keys are `fold_in(key, b)`.
+"""Permutation nulls: `model`, `precomputed` and `label` nulls over `result`, `checks`, `predict`,
+`sources`, `scoring` and `streaming` (replicates over devices); `arrays` and `sharding`.
 """
