@@ -111,6 +111,7 @@ def test_evaluate_options(files, tmp_path, capsys):
 
 def test_evaluate_flags_build_the_settings_of_the_python_call(files, tmp_path):
   from twinbench_jax import cli
+  from twinbench_jax._src.evaluate import evaluate as evaluate_lib
   from twinbench_jax._src.evaluate import settings as settings_lib
 
   targets = tmp_path / "targets.csv"
@@ -121,15 +122,15 @@ def test_evaluate_flags_build_the_settings_of_the_python_call(files, tmp_path):
        "--null", *map(str, files["nulls"]), "--n-null", "2", "--baselines", "split_half,mean",
        "--metric", "l1", "--k", "2", "--no-control", "--pred-layer", "X", "--normalize",
        "log1p", "--delta", "mean", "--direction", "real_to_pred", "--seed", "4", "--name", "m"])
-  from_cli = settings_lib.build(**cli.evaluate_options(args))
-  from_python = settings_lib.build(
+  from_cli = settings_lib.build(cli.evaluate_options(args))
+  from_python = settings_lib.build(evaluate_lib.default_options() | dict(
       genes=["g1", "g2", "g5", "g7", "g11"], target_genes={"p1": ["g3", "g4"], "p2": "g5"},
       null=[str(f) for f in files["nulls"]], n_null=2, baselines=["split_half", "mean"],
       metric="l1", k=2, control=False, pred_layer="X", normalize="log1p", delta="mean",
-      direction="real_to_pred", seed=4, name="m", progress=True)
+      direction="real_to_pred", seed=4, name="m", progress=True))
   assert from_cli == from_python
   assert from_cli.null.null == from_python.null.null  # not part of ==: compared here
-  assert from_cli != settings_lib.build(**{**cli.evaluate_options(args), "k": 1})
+  assert from_cli != settings_lib.build(cli.evaluate_options(args) | {"k": 1})
 
 
 @pytest.mark.parametrize("case, argv_fn, message", [

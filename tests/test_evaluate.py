@@ -347,24 +347,35 @@ def test_bad_input_messages(pair):
 # ----------------------------------------------------------------------------- settings object
 
 
-def test_settings_build_takes_the_options_of_evaluate():
-  import inspect
-
+def _settings(**options):
+  """`Settings` of `tb.evaluate`'s options: its defaults, updated by `options`."""
+  from twinbench_jax._src.evaluate import evaluate as evaluate_lib
   from twinbench_jax._src.evaluate import settings as settings_lib
 
-  public = list(inspect.signature(tb.evaluate).parameters.values())[2:]
-  built = list(inspect.signature(settings_lib.build).parameters.values())
-  assert [(p.name, p.default, p.kind) for p in public] == \
-         [(p.name, p.default, p.kind) for p in built]
+  return settings_lib.build(evaluate_lib.default_options() | options)
+
+
+def test_default_options_are_those_of_evaluate_and_of_the_settings_groups():
+  import inspect
+
+  from twinbench_jax._src.evaluate import evaluate as evaluate_lib
+  from twinbench_jax._src.evaluate import settings as settings_lib
+
+  defaults = evaluate_lib.default_options()
+  params = list(inspect.signature(tb.evaluate).parameters.values())
+  assert list(defaults) == [p.name for p in params[2:]]
+  assert defaults["metric"] == "sqeuclidean" and defaults["baselines"] == tb.BASELINES
+  # The groups' own defaults are the checked defaults of `tb.evaluate`.
+  assert settings_lib.build(defaults) == settings_lib.Settings()
+  with pytest.raises(KeyError):  # every option is named: none is silently defaulted
+    settings_lib.build({k: v for k, v in defaults.items() if k != "ties"})
 
 
 def test_settings_are_frozen_and_resolve_the_layers_and_normalisations():
   import dataclasses
 
-  from twinbench_jax._src.evaluate import settings as settings_lib
-
-  s = settings_lib.build(layer="counts", normalize="log1p", delta=True, k=np.int64(2),
-                         genes=np.array(["g1", "g2"]), baselines="mean", name=3)
+  s = _settings(layer="counts", normalize="log1p", delta=True, k=np.int64(2),
+                genes=np.array(["g1", "g2"]), baselines="mean", name=3)
   with pytest.raises(dataclasses.FrozenInstanceError):
     s.scoring.k = 3
   assert (s.expression.pred_layer, s.expression.normalize, s.expression.pred_normalize,
@@ -372,23 +383,21 @@ def test_settings_are_frozen_and_resolve_the_layers_and_normalisations():
               "counts", "log1p", "log1p", "normalize", "control")
   assert type(s.scoring.k) is int and s.scoring.k == 2 and s.scoring.baselines == ("mean",)
   assert s.genes.genes == ("g1", "g2") and s.genes.describe() == "given" and s.name == "3"
-  other = settings_lib.build(layer="counts", pred_layer="X", pred_normalize="none")
+  other = _settings(layer="counts", pred_layer="X", pred_normalize="none")
   assert (other.expression.pred_layer, other.expression.pred_normalize,
           other.expression.pred_normalize_option) == (None, None, "pred_normalize")
-  assert settings_lib.build(n_top_genes=5).genes.describe() == "top 5 variable"
+  assert _settings(n_top_genes=5).genes.describe() == "top 5 variable"
   null = np.zeros((2, 3, 4))  # null predictions: kept as given, left out of comparisons
-  assert settings_lib.build(null=null).null.kind == "precomputed"
-  assert settings_lib.build(null=null) == settings_lib.build(null=null + 1)
+  assert _settings(null=null).null.kind == "precomputed"
+  assert _settings(null=null) == _settings(null=null + 1)
   # Checked in the order of `tb.evaluate`'s arguments: the first bad one is named.
   with pytest.raises(ValueError, match="metric"):
-    settings_lib.build(metric="cos", k=0, delta="ctrl")
+    _settings(metric="cos", k=0, delta="ctrl")
   with pytest.raises(ValueError, match="`k`"):
-    settings_lib.build(k=0, delta="ctrl")
+    _settings(k=0, delta="ctrl")
 
 
 def test_report_settings_come_from_the_settings_object(pair):
-  from twinbench_jax._src.evaluate import settings as settings_lib
-
   real, _, pred = pair
   options = dict(metric="l1", delta="mean", unmatched="intersect", seed=5, name="m",
                  target_genes={"p1": "g3"}, direction="real_to_pred", n_top_genes=20)
@@ -398,7 +407,7 @@ def test_report_settings_come_from_the_settings_object(pair):
                      "layer", "pred_layer", "normalize", "pred_normalize", "genes",
                      "target_genes", "delta", "unmatched", "metric", "ties", "seed", "pred",
                      "real", "name", "direction"]
-  expected = settings_lib.build(**options).report_settings(
+  expected = _settings(**options).report_settings(
       perturbation_key="perturbation", pred_perturbation_key="perturbation", control="control",
       pred="adata_pred", real="adata_real")
   assert dict(s) == expected

@@ -272,13 +272,16 @@ def _baselines_arg(value: str) -> tuple[str, ...]:
 
 
 def evaluate_options(args: argparse.Namespace) -> dict:
-  """The keyword options of `tb.evaluate` from `twinbench evaluate`'s flags.
+  """The keyword options of `tb.evaluate` from `twinbench evaluate`'s flags (all of them).
 
   Reads the files the flags name (--genes, --target-genes) and checks --null
-  and --baselines (`UsageError`); `settings.build(**options)` then makes the
-  same checked `Settings` as `tb.evaluate(..., **options)`.
+  and --baselines (`UsageError`); `settings.build(options)` then makes the
+  same checked `Settings` as `tb.evaluate` called with these options. Options
+  without a flag keep `tb.evaluate`'s defaults.
   """
-  return dict(
+  from twinbench_jax._src.evaluate import evaluate as evaluate_lib
+
+  return evaluate_lib.default_options() | dict(
       perturbation_key=args.perturbation_key, pred_perturbation_key=args.pred_perturbation_key,
       control=False if args.no_control else args.control,
       include_control=args.include_control, layer=args.layer, pred_layer=args.pred_layer,
@@ -322,7 +325,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
   _check_not_inside(args.out, [(f, p) for f, p in inputs if p and os.path.isfile(p)])
 
   _enable_compilation_cache(args)
-  report = steps.run(args.pred, args.real, settings_lib.build(**options))
+  report = steps.run(args.pred, args.real, settings_lib.build(options))
   with _out_errors(args.out):
     report.save(args.out, plots=args.plots)
   if not args.quiet:

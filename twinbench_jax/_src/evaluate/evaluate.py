@@ -1,13 +1,11 @@
-"""End-to-end evaluation of predicted against real AnnData: `tb.evaluate` (SPEC §4, §6–8).
+"""`tb.evaluate` (SPEC §4, §6–8): predicted against real AnnData, with baselines.
 
-`evaluate` checks its keyword options into one frozen `settings.Settings`
-and runs the steps of `steps.run` with it: resolve labels, read profiles
-(streamed pseudobulks), genes, delta, score the model (`scoring`, its null in
-`null_pvalues`), score the baselines, build the `Report` (`report`).
+Its keyword options become one frozen `settings.Settings`, which drives `steps.run`.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -193,9 +191,14 @@ def evaluate(
     >>> report.auc_f1, report.baselines
     >>> report.save("out/")
   """
-  # The keyword options as given (the first statement, so nothing else is local yet), checked
-  # into one `Settings` (`settings.build` takes the same names and defaults) before any data
-  # is read.
+  # The keyword options as given (the first statement, so nothing else is local yet),
+  # checked into one `Settings` before any data is read.
   options = dict(locals())
   del options["adata_pred"], options["adata_real"]
-  return steps.run(adata_pred, adata_real, settings_lib.build(**options))
+  return steps.run(adata_pred, adata_real, settings_lib.build(options))
+
+
+def default_options() -> dict[str, Any]:
+  """The keyword options of `evaluate` at their defaults (what `settings.build` takes)."""
+  return {name: p.default for name, p in inspect.signature(evaluate).parameters.items()
+          if p.kind is inspect.Parameter.KEYWORD_ONLY}

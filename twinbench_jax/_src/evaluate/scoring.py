@@ -1,8 +1,7 @@
-"""The scores of one predictor (the model or a baseline) under the label null (SPEC §2–4).
+"""One predictor's scores under the label null (SPEC §2–4): the compiled kernel and `score`.
 
-One compiled kernel gives every number (`score_kernel`); the L1 distances may
-come from the compiled CPU loop (`host_l1`), and per-query target genes are
-left out of the similarities (SPEC §7). `score` returns numpy `Scored`.
+Similarities with excluded target genes (SPEC §7) or from the CPU L1 loop, then
+`core.label_scoring`; `score` returns them as numpy (`Scored`).
 """
 
 from __future__ import annotations

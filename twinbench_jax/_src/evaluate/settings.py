@@ -1,14 +1,13 @@
-"""The options of `tb.evaluate`, checked once and grouped in frozen dataclasses (`Settings`).
+"""`tb.evaluate`'s options, checked once (`build`) into frozen groups (`Settings`).
 
-`build` validates the flat keyword options (the Python call and the CLI both
-use it); the steps of `steps.run` read the groups; `Settings.report_settings`
-writes ``summary["settings"]`` of the report.
+The Python call and the CLI build them the same way; `Settings.report_settings`
+writes the report's ``summary["settings"]``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import numpy as np
@@ -177,68 +176,43 @@ class Settings:
     }
 
 
-def build(
-    *,
-    perturbation_key: Optional[str] = None,
-    pred_perturbation_key: Optional[str] = None,
-    control: Any = None,
-    include_control: bool = False,
-    layer: Optional[str] = None,
-    pred_layer: Optional[str] = None,
-    normalize: Optional[str] = None,
-    pred_normalize: Optional[str] = None,
-    genes: Optional[Sequence[str]] = None,
-    n_top_genes: Optional[int] = None,
-    strict_genes: bool = False,
-    target_genes: Any = None,
-    delta: Any = False,
-    unmatched: str = "error",
-    metric: str = "sqeuclidean",
-    k: int = 1,
-    ties: str = "average",
-    null: Any = "label",
-    n_null: Optional[int] = None,
-    predict_fn: Optional[Callable] = None,
-    inputs: Any = None,
-    randomize: Any = "shuffle_features",
-    null_replicate_key: str = "null_replicate",
-    key: Optional[jax.Array] = None,
-    seed: int = 0,
-    baselines: Sequence[str] = baselines_lib.BASELINES,
-    chunk_size: Optional[int] = None,
-    progress: bool = False,
-    name: str = "model",
-    direction: str = "pred_to_real",
-    candidate_level: bool = False,
-) -> Settings:
-  """The checked `Settings` of the keyword options of `tb.evaluate` (same names, same defaults).
+def build(options: Mapping[str, Any]) -> Settings:
+  """The checked `Settings` of the keyword options of `tb.evaluate`.
 
-  Checked before any data is read; an invalid option raises naming it.
+  Checked before any data is read, in the order of `tb.evaluate`'s signature;
+  an invalid option raises naming it.
+
+  Args:
+    options: every keyword option of `tb.evaluate`, by name (its defaults:
+      `evaluate.default_options()`).
 
   Raises:
     ValueError, TypeError: an invalid option.
   """
-  scoring = _scoring(metric, ties, k)
-  seed = baselines_lib.check_seed(seed)
-  expression = _expression(layer, pred_layer, normalize, pred_normalize, delta, chunk_size)
-  wanted = baselines_lib.check_baselines(baselines)
-  kind = checks.check_null(null, n_null, predict_fn)
-  genes_settings = _genes(genes, n_top_genes, strict_genes)
-  if unmatched not in profiles_lib.UNMATCHED:
-    raise ValueError(f"unknown `unmatched` {unmatched!r}; choose one of {profiles_lib.UNMATCHED}")
-  genes_settings = dataclasses.replace(genes_settings,
-                                       target_genes=targets_lib.check_target_genes(target_genes))
+  o = options
+  scoring = _scoring(o["metric"], o["ties"], o["k"])
+  seed = baselines_lib.check_seed(o["seed"])
+  expression = _expression(o["layer"], o["pred_layer"], o["normalize"], o["pred_normalize"],
+                           o["delta"], o["chunk_size"])
+  wanted = baselines_lib.check_baselines(o["baselines"])
+  kind = checks.check_null(o["null"], o["n_null"], o["predict_fn"])
+  genes = _genes(o["genes"], o["n_top_genes"], o["strict_genes"])
+  if o["unmatched"] not in profiles_lib.UNMATCHED:
+    raise ValueError(f"unknown `unmatched` {o['unmatched']!r}; choose one of "
+                     f"{profiles_lib.UNMATCHED}")
+  genes = dataclasses.replace(genes, target_genes=targets_lib.check_target_genes(
+      o["target_genes"]))
   scoring = dataclasses.replace(
-      scoring, direction=checks.check_direction(direction), baselines=wanted,
-      candidate_level=checks.check_candidate_level(candidate_level, kind,
-                                                   genes_settings.target_genes))
+      scoring, direction=checks.check_direction(o["direction"]), baselines=wanted,
+      candidate_level=checks.check_candidate_level(o["candidate_level"], kind,
+                                                   genes.target_genes))
   return Settings(
-      labels=LabelSettings(perturbation_key, pred_perturbation_key, control, include_control,
-                           unmatched),
-      expression=expression, genes=genes_settings,
-      null=NullSettings(kind, null, n_null, predict_fn, inputs, randomize, null_replicate_key,
-                        key, seed),
-      scoring=scoring, name=str(name), progress=progress)
+      labels=LabelSettings(o["perturbation_key"], o["pred_perturbation_key"], o["control"],
+                           o["include_control"], o["unmatched"]),
+      expression=expression, genes=genes,
+      null=NullSettings(kind, o["null"], o["n_null"], o["predict_fn"], o["inputs"],
+                        o["randomize"], o["null_replicate_key"], o["key"], seed),
+      scoring=scoring, name=str(o["name"]), progress=o["progress"])
 
 
 def _scoring(metric: Any, ties: Any, k: Any) -> ScoringSettings:
