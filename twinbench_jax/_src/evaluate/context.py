@@ -14,30 +14,31 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from twinbench_jax._src.evaluate import settings as settings_lib
 from twinbench_jax._src.evaluate import target_genes as targets_lib
 
 
 @dataclasses.dataclass
 class Context:
-  """Resolved settings and aligned data shared by the steps of one evaluation."""
+  """The settings and the aligned data shared by the steps of one evaluation."""
 
+  settings: settings_lib.Settings
   queries: list
   candidates: list
   genes: np.ndarray
   pred_var_names: pd.Index
   pred_gene_idx: np.ndarray
-  pred_key: str
-  pred_layer: Optional[str]
-  pred_normalize: Optional[str]
+  pred_key: str  # the label column of adata_pred (and of precomputed null files)
   pred_reference: Optional[np.ndarray]  # subtracted from prediction profiles (delta)
   real_reference: Optional[np.ndarray]  # subtracted from real-side profiles (delta)
   references: Any  # [C, G] jax array of the real candidate profiles (after delta)
   truth: Any  # [Q] jax int32 index of each query's candidate
   relevance: Any  # [Q, C] jax bool
-  metric: str
-  chunk_size: Optional[int]
-  null_replicate_key: str
-  targets: Optional["targets_lib.Targets"] = None  # each query's target genes (target_genes)
+  targets: Optional[targets_lib.Targets] = None  # each query's target genes (target_genes)
+
+  @property
+  def metric(self) -> str:
+    return self.settings.scoring.metric
 
   @functools.cached_property
   def null_keep(self) -> Optional[np.ndarray]:

@@ -82,8 +82,8 @@ class LazyNullProfiles:
         raise ValueError(f"null replicate `{name}` lacks {len(missing)} of the evaluated genes: "
                          f"{profiles_lib._show(missing)}")
       labels = src.obs_labels(ctx.pred_key)
-      reps = (profiles_lib.factorize(src.obs_labels(ctx.null_replicate_key))[0]
-              if ctx.null_replicate_key in src.obs_keys else np.array(["0"]))
+      reps = (profiles_lib.factorize(src.obs_labels(ctx.settings.null.replicate_key))[0]
+              if ctx.settings.null.replicate_key in src.obs_keys else np.array(["0"]))
       absent = sorted(set(ctx.queries) - set(labels))
       if absent:
         raise ValueError(f"null replicate `{name}` has no prediction for {len(absent)} queried "
@@ -103,14 +103,15 @@ class LazyNullProfiles:
     src = profiles_lib.open_source(item, name)
     try:
       lab_idx = pd.Index(ctx.queries).get_indexer(src.obs_labels(ctx.pred_key))
-      rep = (pd.Index(reps).get_indexer(src.obs_labels(ctx.null_replicate_key))
-             if len(reps) > 1 or ctx.null_replicate_key in src.obs_keys
+      rep = (pd.Index(reps).get_indexer(src.obs_labels(ctx.settings.null.replicate_key))
+             if len(reps) > 1 or ctx.settings.null.replicate_key in src.obs_keys
              else np.zeros(len(lab_idx), np.int64))
       nq = len(ctx.queries)
       codes = np.where(lab_idx >= 0, rep * nq + lab_idx, -1)
       sums, counts = profiles_lib.group_sums(
-          src, codes, len(reps) * nq, layer=ctx.pred_layer, normalize=ctx.pred_normalize,
-          chunk_size=ctx.chunk_size)
+          src, codes, len(reps) * nq, layer=ctx.settings.expression.pred_layer,
+          normalize=ctx.settings.expression.pred_normalize,
+          chunk_size=ctx.settings.expression.chunk_size)
       gidx = src.var_names.get_indexer(ctx.genes)
     finally:
       if path:

@@ -291,13 +291,11 @@ def apply_delta(pred, real, profiles: Profiles, labels: Labels, targets, setting
                            scoring.default_float())
   truth = pd.Index(candidates).get_indexer(queries)
   ctx = context_lib.Context(
-      queries=list(queries), candidates=list(candidates), genes=np.asarray(profiles.genes),
-      pred_var_names=pred.var_names, pred_gene_idx=profiles.pred_gene_idx,
-      pred_key=labels.pred_key, pred_layer=e.pred_layer, pred_normalize=e.pred_normalize,
-      pred_reference=pred_ref, real_reference=real_ref, references=references,
-      truth=jnp.asarray(truth, jnp.int32),
+      settings=settings, queries=list(queries), candidates=list(candidates),
+      genes=np.asarray(profiles.genes), pred_var_names=pred.var_names,
+      pred_gene_idx=profiles.pred_gene_idx, pred_key=labels.pred_key, pred_reference=pred_ref,
+      real_reference=real_ref, references=references, truth=jnp.asarray(truth, jnp.int32),
       relevance=jnp.asarray(np.arange(len(candidates))[None, :] == truth[:, None]),
-      metric=metric, chunk_size=e.chunk_size, null_replicate_key=settings.null.replicate_key,
       targets=targets)
   predictions = ctx.transform_pred(profiles.pred[:len(queries)])
   checks.check_magnitude(predictions, checks.named(pred), metric)
