@@ -13,6 +13,11 @@ Runs, in this order (each part can be skipped with ``--skip``):
 - ``soft_training``: `bench_soft_training.py`, the training study of the soft
   AUC-F1 against standard ranking losses (its own page `soft_training.md`;
   about half an hour with ``--full``);
+- ``genome``: `bench_genome.py`, the genome-scale target (Q = C = 10,000,
+  G = 8,000: candidate-level model null per replicate and extrapolated to
+  B = 1,000, against bare matmuls; `evaluate_arrays`; per-device memory of
+  the query-sharded kernels on 1, 2 and 4 devices); ``--quick`` runs
+  Q = C = 2,000 in about a minute; not run with ``--tiny``;
 - ``scaling``: Q = C and B scaling curves with fitted growth exponents, 1/2/4
   simulated CPU devices, a GPU run when there is a GPU (`bench_scaling.py`);
 - ``cell_eval``: the side by side with cell-eval (`bench_cell_eval.py`),
@@ -45,16 +50,17 @@ import time
 
 from benchmarks import _common
 
-PARTS = ("core", "null", "soft", "soft_tracking", "evaluate", "soft_training", "scaling",
-         "cell_eval", "cli")
+PARTS = ("core", "null", "soft", "soft_tracking", "evaluate", "soft_training", "genome",
+         "scaling", "cell_eval", "cli")
 SCRIPTS = {"core": "bench_core", "null": "bench_null", "soft": "bench_soft",
            "soft_tracking": "bench_soft_tracking",
            "evaluate": "bench_evaluate", "soft_training": "bench_soft_training",
-           "cli": "bench_cli"}
+           "genome": "bench_genome", "cli": "bench_cli"}
 SCRIPT_TIMEOUT = {"tiny": 240, "quick": 300, "full": 1200}
 # parts that need longer than SCRIPT_TIMEOUT at some size
 PART_TIMEOUT = {("soft_training", "full"): 3600, ("soft_training", "quick"): 600,
-                ("soft_tracking", "full"): 3600, ("cli", "full"): 2400, ("cli", "quick"): 900}
+                ("soft_tracking", "full"): 3600, ("cli", "full"): 2400, ("cli", "quick"): 900,
+                ("genome", "full"): 3600}
 CELL_EVAL_PAIRS = {"tiny": ["synthetic_30"], "quick": ["synthetic_200"],
                    "full": ["synthetic_200", "synthetic_1000", "papalexi"]}
 CELL_EVAL_SIZES = {"tiny": dict(n_genes=200, cells=20), "quick": {}, "full": {}}
@@ -202,8 +208,9 @@ def write_report(results: dict, out_dir: str) -> str:
                 soft="Differentiable AUC-F1 (`bench_soft.py`)",
                 soft_tracking="Soft AUC-F1 tracks the hard one (`bench_soft_tracking.py`)",
                 evaluate="End-to-end `evaluate` (`bench_evaluate.py`)",
-                soft_training="Training with the soft AUC-F1 (`bench_soft_training.py`)")
-  for part in ("core", "null", "soft", "soft_tracking", "evaluate", "soft_training"):
+                soft_training="Training with the soft AUC-F1 (`bench_soft_training.py`)",
+                genome="Genome scale and query sharding (`bench_genome.py`)")
+  for part in ("core", "null", "soft", "soft_tracking", "evaluate", "soft_training", "genome"):
     if part in results:
       lines.append(_script_section(titles[part], results[part]))
   if "scaling" in results:
@@ -295,8 +302,9 @@ def main(argv=None) -> int:
       results = dict(kept, reruns=reruns)
       for part in only:
         results.pop(part, None)
-  for part in ("core", "null", "soft", "soft_tracking", "evaluate", "soft_training", "cli"):
-    if part not in skip and not (part == "cli" and mode == "tiny"):
+  for part in ("core", "null", "soft", "soft_tracking", "evaluate", "soft_training", "genome",
+               "cli"):
+    if part not in skip and not (part in ("cli", "genome") and mode == "tiny"):
       results[part] = run_script(part, mode, log)
   if "scaling" not in skip:
     from benchmarks import bench_scaling

@@ -6,11 +6,12 @@ optionally a ``"replicates"`` axis) runs here. The `nq` devices of one
 at a time: device `j` predicts batch `j` whole (the model maps all `Q`
 inputs at once, so it cannot be split by rows), with the same batch size and
 arithmetic as on one device, then an `all_to_all` hands every device its
-`Q/nq` rows of all `nq` batches. Each device scores its rows: similarities
-`[nq * batch, Q/nq, C]`, null own scores and int32 exceedance counts
-`[Q/nq, C]`, summed (`psum`) over the ``"replicates"`` axis. The observed
-similarities and the counts are never whole on one device: per-device memory
-O(Q C / nq) plus the batch's `[batch, Q, G]` predictions.
+`Q/nq` rows of all `nq` batches. Each device scores its rows one batch at a
+time: similarities `[batch, Q/nq, C]`, null own scores and int32 exceedance
+counts `[Q/nq, C]`, summed (`psum`) over the ``"replicates"`` axis. The
+observed similarities and the counts are never whole on one device:
+per-device memory O(batch Q C / nq) plus the `[nq, batch, Q/nq, G]` exchanged
+predictions (O(batch Q G), as the batch a device predicts).
 
 Replicate `b` keeps the key `fold_in(key, b)` and its batch
 `[k * batch, (k + 1) * batch)`, so the null own scores, p-values and counts
@@ -85,33 +86,50 @@ def _exchange(a: jax.Array) -> jax.Array:
   return jax.lax.all_to_all(a, QUERIES, 1, 0, tiled=True)
 
 
-def _group_step(it, carry, *, first, n_null, predict, x_obs, own_rows, s_rows, ctx,
-                settings):
-  """One iteration of a query group: `nq` batches predicted, exchanged, scored."""
-  nq, batch = jax.lax.axis_size(QUERIES), settings.batch
-  base = first + it * nq * batch
-  mine = base + jax.lax.axis_index(QUERIES) * batch + jnp.arange(batch, dtype=jnp.int32)
-  xb = predict(mine).astype(x_obs.dtype)  # [batch, Q, G], as one device computes it
-  same, finite = scoring._row_checks(xb, x_obs)
-  xr, same = _exchange(xb), _exchange(same)  # [nq batch, Q/nq, G], [nq batch, Q/nq]
-  valid = base + jnp.arange(nq * batch, dtype=jnp.int32) < n_null
+def _score_rows(i, carry, *, xr, same, first, n_null, own_rows, s_rows, ctx, settings):
+  """Scores batch `i` of the `nq` exchanged ones: rows `[batch, Q/nq, G]`, one at a time
+  so that the similarities `[batch, Q/nq, C]` fall with the device count too."""
+  batch = settings.batch
+  xb = jax.lax.dynamic_slice_in_dim(xr, i * batch, batch, axis=0)
+  same_b = jax.lax.dynamic_slice_in_dim(same, i * batch, batch, axis=0)
+  valid = first + i * batch + jnp.arange(batch, dtype=jnp.int32) < n_null
   s = None
   if settings.candidate_level:
-    k, rows, g = xr.shape
-    s = similarity_lib._similarity(xr.reshape(k * rows, g), ctx["y"], metric=settings.metric,
-                                   exact=False).reshape(k, rows, -1)
+    b, rows, g = xb.shape
+    s = similarity_lib._similarity(xb.reshape(b * rows, g), ctx["y"], metric=settings.metric,
+                                   exact=False).reshape(b, rows, -1)
   score = functools.partial(scoring._replicate_scores, mode=settings.mode,
                             candidate_level=settings.candidate_level)
   own, exceed = jax.vmap(score, in_axes=(0, 0, 0, None, None, None))(
-      xr, s, same, own_rows, s_rows, ctx)
-  offset = it * nq * batch
-  new = {"own": jax.lax.dynamic_update_slice(carry["own"], own.astype(carry["own"].dtype),
-                                             (offset, jnp.zeros_like(offset))),
-         "bad": carry["bad"] + jnp.sum((mine < n_null) & ~finite, dtype=jnp.int32)}
+      xb, s, same_b, own_rows, s_rows, ctx)
+  offset = first + i * batch
+  new = dict(carry, own=jax.lax.dynamic_update_slice(
+      carry["own"], own.astype(carry["own"].dtype), (offset, jnp.zeros_like(offset))))
   if settings.candidate_level:
     new["counts"] = carry["counts"] + jnp.sum(exceed & valid[:, None, None], axis=0,
                                               dtype=jnp.int32)
   return new
+
+
+def _group_step(it, carry, *, first, n_null, predict, x_obs, own_rows, s_rows, ctx,
+                settings):
+  """One iteration of a query group: `nq` batches predicted, exchanged, scored.
+
+  `first` is the group's first replicate; the carry's own scores are indexed
+  from it (`carry["own"][r - first]` for replicate `r`).
+  """
+  nq, batch = jax.lax.axis_size(QUERIES), settings.batch
+  base = it * nq * batch  # relative to `first`
+  mine = first + base + jax.lax.axis_index(QUERIES) * batch + jnp.arange(batch,
+                                                                         dtype=jnp.int32)
+  xb = predict(mine).astype(x_obs.dtype)  # [batch, Q, G], as one device computes it
+  same, finite = scoring._row_checks(xb, x_obs)
+  xr, same = _exchange(xb), _exchange(same)  # [nq batch, Q/nq, G], [nq batch, Q/nq]
+  carry = dict(carry, bad=carry["bad"] + jnp.sum((mine < n_null) & ~finite, dtype=jnp.int32))
+  # Replicate indices below are relative to the group: `first` moves the validity check.
+  score = functools.partial(_score_rows, xr=xr, same=same, first=base, n_null=n_null - first,
+                            own_rows=own_rows, s_rows=s_rows, ctx=ctx, settings=settings)
+  return jax.lax.fori_loop(0, nq, score, carry)
 
 
 @functools.partial(jax.jit, static_argnames=("apply", "randomize", "settings"))

@@ -252,6 +252,11 @@ def score_queries(x: jax.Array, y: jax.Array, rel: Optional[jax.Array], *, mesh:
         f"`mesh` splits the queries over {n} devices, but Q = {q} predictions is not a multiple "
         f"of {n}: the [Q, C] scores are returned split by rows, which needs equal blocks; use "
         f"a mesh whose {QUERY_AXIS!r} axis divides Q")
+  if jax.process_count() > 1:  # each process places its shards from its own copy
+    sharding.check_same_on_processes(
+        [np.asarray(a, np.float64).sum(axis=1) for a in (x, y)] +
+        ([] if rel is None else [np.asarray(rel).sum(axis=1)]),
+        "`predictions`, `references` or `relevance`")
   identity = single == "identity"
   rel_rows = place_rows(np.zeros((q, 1), bool) if identity else rel, mesh)
   if own_score == "similarity" and identity:
