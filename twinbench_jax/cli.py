@@ -36,7 +36,6 @@ import numpy as np
 
 from twinbench_jax._src.data import baselines as baselines_lib
 from twinbench_jax._src.evaluate import output_dir
-from twinbench_jax._src.evaluate import plot_process
 from twinbench_jax._src.data import profiles as profiles_lib
 from twinbench_jax._src.core import similarity as similarity_lib
 
@@ -327,9 +326,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
   _enable_compilation_cache(args)
   report = steps.run(args.pred, args.real, settings_lib.build(options))
-  workers = getattr(args, "plot_workers", None)
   with _out_errors(args.out):
-    report.save(args.out, plots=workers.draw if workers is not None and args.plots else args.plots)
+    report.save(args.out, plots=args.plots)
   if not args.quiet:
     _print_summary(report, args.out, plots=args.plots)
   _print_notes(report.summary["notes"])
@@ -752,23 +750,6 @@ def _one_line_warnings(command: str) -> None:
   warnings.showwarning = showwarning
 
 
-PLOT_WORKERS_ENV = "TWINBENCH_PLOT_WORKERS"
-
-
-def _start_plot_workers(args: argparse.Namespace):
-  """Forks the workers that draw `evaluate`'s plots (`plot_process`), or returns None.
-
-  Only in a process of its own, before JAX starts: they import matplotlib
-  while this process reads and scores. ``TWINBENCH_PLOT_WORKERS=0`` draws
-  the plots in this process instead.
-  """
-  if not (args.own_process and args.command == "evaluate" and args.plots):
-    return None
-  if os.environ.get(PLOT_WORKERS_ENV, "").strip().lower() in _OFF:
-    return None
-  return plot_process.start()
-
-
 def _interrupted(args: argparse.Namespace, signum: int, replaced: bool = False) -> int:
   done = ("after the new output was complete; --out holds it" if replaced else
           "--out left as it was")
@@ -800,7 +781,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.print_help()
     return 2
   args.own_process = argv is None
-  args.plot_workers = _start_plot_workers(args)
   with output_dir.handle_signals() as received, warnings.catch_warnings():
     _one_line_warnings(args.command)
     try:
@@ -816,9 +796,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       if received:
         # Swallowed on the way (raised inside a finaliser, say) after the output was replaced.
         code = _interrupted(args, received[0], replaced=True)
-    finally:
-      if args.plot_workers is not None:
-        args.plot_workers.close()
   if argv is None:
     _exit_now(code)
   return code

@@ -143,26 +143,20 @@ def plot_popularity(report, ax=None):
 _MARGINS = dict(left=0.13, right=0.97, bottom=0.13, top=0.92)
 
 
-def save_plots(report, directory, *, dpi: int = 110, only=None) -> list[str]:
+def save_plots(report, directory, *, dpi: int = 110) -> list[str]:
   """Writes the four PNGs of `PLOT_FILES` into `directory`; returns their paths.
 
   Drawn for speed (the command line draws them on every run): fixed margins
   where no label of unknown length needs room, and the fastest PNG
-  compression (larger files, the same pixels). `only`: the names (keys of
-  `PLOT_FILES`) to draw, default all.
+  compression (larger files, the same pixels).
   """
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
   draw = {"f1_alpha": plot_f1_curves, "rank_histogram": plot_rank_histogram,
           "pvalue_histogram": plot_pvalue_histogram, "popularity": plot_popularity}
-  unknown = set(only or ()) - set(draw)
-  if unknown:
-    raise ValueError(f"only: unknown plots {sorted(unknown)}; known: {list(draw)}")
   paths = []
   for name, fn in draw.items():
-    if only is not None and name not in only:
-      continue
     wide = name == "popularity" and len(report.popularity) > 30
     fig = Figure(figsize=(8 if wide else 5.5, 4))
     FigureCanvasAgg(fig)

@@ -125,7 +125,7 @@ class Report:
     """`report.json` as a string (NaN written as null)."""
     return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
-  def save(self, directory, *, plots=True) -> list[str]:
+  def save(self, directory, *, plots: bool = True) -> list[str]:
     """Writes `report.json`, `per_perturbation.csv` and (optionally) the PNG plots.
 
     `directory` is replaced all-or-nothing: the files are written into a
@@ -144,9 +144,7 @@ class Report:
 
     Args:
       directory: the output folder (created with its parents if needed).
-      plots: also write the four PNG plots; or a function `(report, folder)
-        -> paths` that writes them into the staging folder (the command
-        line's plot workers, `plot_process.PlotWorkers.draw`).
+      plots: also write the four PNG plots.
 
     Returns:
       The paths written (inside `directory`; the manifest not included).
@@ -168,8 +166,7 @@ class Report:
       if plots:
         from twinbench_jax._src.evaluate import plots as plots_lib
 
-        draw = plots if callable(plots) else plots_lib.save_plots
-        names += [os.path.basename(p) for p in draw(self, tmp)]
+        names += [os.path.basename(p) for p in plots_lib.save_plots(self, tmp)]
     return [os.path.join(directory, n) for n in names]
 
   # Plots (matplotlib, imported on first use).
