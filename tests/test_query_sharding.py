@@ -141,6 +141,17 @@ def test_one_device_mesh_matches_in_process():
   assert got.pvalues[3] == got.pvalues[7] or s[3, 3] != s[7, 7]
 
 
+def test_under_jit_a_nan_prediction_poisons_its_query():
+  x, y = _problem(q=16, g=8)
+  mesh = tb.query_mesh(jax.devices()[:1])
+  run = jax.jit(lambda a, b: tb.evaluate_arrays(a, b, mesh=mesh))
+  np.testing.assert_array_equal(run(x, y).pvalues, tb.evaluate_arrays(x, y).pvalues)
+  x[2, 1] = np.nan
+  res = run(x, y)
+  assert np.isnan(res.pvalues[2]) and np.isnan(res.auc_f1)
+  assert np.all(np.isfinite(np.delete(np.asarray(res.pvalues), 2)))
+
+
 def test_mesh_without_a_query_axis_is_refused():
   x, y = _problem(q=8, g=4)
   with pytest.raises(ValueError, match="'queries'"):

@@ -213,7 +213,9 @@ def host_local(tree: Any) -> Any:
   """
 
   def one(leaf):
-    if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable:
+    # A tracer (under an outer `jit`) is left as it is: its placement is the compiler's.
+    if (not isinstance(leaf, jax.Array) or isinstance(leaf, jax.core.Tracer)
+        or leaf.is_fully_addressable):
       return leaf
     if not leaf.is_fully_replicated:
       raise ValueError(f"an array sharded as {leaf.sharding} spans other processes and is not "
