@@ -129,6 +129,32 @@ def test_exit_flushes_output_and_keeps_the_exit_code(tmp_path):
   assert bad.stderr.strip() == "twinbench evaluate: error: --pred: file not found: 'nope.h5ad'"
 
 
+@pytest.mark.slow  # a process of its own
+def test_collector_off_only_in_a_process_of_its_own(pair, tmp_path, capsys):
+  # The command (`main()` reading sys.argv) turns automatic collection off for its short
+  # life; `main(argv)` from Python leaves the caller's collector on. Same report either way.
+  import gc
+
+  pred, real = pair
+  flags = ["evaluate", "--pred", str(pred), "--real", str(real), "--quiet", "--no-plots",
+           "--metric", "l1"]
+  code = ("import gc, sys; from twinbench_jax import cli; "
+          "cli._exit_now = lambda code: print(gc.isenabled(), code); "
+          f"sys.argv = ['twinbench', *{flags!r}, '--out', sys.argv[1]]; cli.main()")
+  res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "own")], cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": REPO, cli.CACHE_ENV: "0"},
+                       capture_output=True, text=True, timeout=600)
+  assert res.returncode == 0, res.stderr
+  assert res.stdout.strip() == "False 0"
+  assert gc.isenabled()
+  assert cli.main([*flags, "--out", str(tmp_path / "in")]) == 0
+  assert gc.isenabled()
+  reports = [json.loads((tmp_path / d / "report.json").read_text()) for d in ("own", "in")]
+  for r in reports:
+    r.pop("settings")  # holds the output path
+  assert reports[0] == reports[1]
+
+
 def test_small_pseudobulk_leaves_numba_unloaded(tmp_path):
   # Per-group sums of small data stay with scipy (same sums, bit for bit: tests/test_native.py):
   # importing numba would cost more than the loop saves.
