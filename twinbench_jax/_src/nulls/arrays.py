@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from twinbench_jax._src.core import auc as auc_lib
+from twinbench_jax._src.core import checks
 from twinbench_jax._src.core import label_scoring
 from twinbench_jax._src.core import own_scores as own_lib
-from twinbench_jax._src.core import ranking
 from twinbench_jax._src.core import similarity as similarity_lib
 from twinbench_jax._src.core import validation
 from twinbench_jax._src.nulls import query_sharding
@@ -116,12 +116,9 @@ def evaluate_arrays(
     raise ValueError(
         f"`predictions` and `references` have no features (genes): shapes {tuple(x.shape)} and "
         f"{tuple(y.shape)}; with G = 0 every candidate would tie")
-  if metric not in similarity_lib.METRICS:
-    raise ValueError(f"unknown `metric` {metric!r}; choose one of {similarity_lib.METRICS}")
-  if ties not in ranking.TIES:
-    raise ValueError(f"unknown `ties` {ties!r}; choose one of {ranking.TIES}")
-  if k < 1:
-    raise ValueError(f"`k` must be >= 1, got {k}")
+  checks.check_metric(metric)
+  checks.check_ties(ties)
+  checks.check_k(k)
   if mesh is None:
     res, any_bad = _evaluate_arrays(x, y, rel, metric=metric, k=k, ties=ties, single=single)
   else:

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from twinbench_jax._src.core import checks as core_checks
 from twinbench_jax._src.core import own_scores as own_lib
-from twinbench_jax._src.core import similarity as similarity_lib
 from twinbench_jax._src.core import validation
 
 
@@ -37,9 +37,9 @@ def check_n_null(n_null: Any) -> int:
 
 
 def check_options(metric: str, own_score: str) -> None:
-  if metric not in similarity_lib.METRICS:
-    raise ValueError(f"unknown `metric` {metric!r}; choose one of {similarity_lib.METRICS}")
-  if own_score not in own_lib.OWN_SCORES:
+  """Checks the similarity `metric` and the `own_score` of a null."""
+  core_checks.check_metric(metric)
+  if not isinstance(own_score, str) or own_score not in own_lib.OWN_SCORES:
     raise ValueError(f"unknown `own_score` {own_score!r}; choose one of {own_lib.OWN_SCORES}")
 
 
