@@ -1,3 +1,3 @@
-"""Permutation nulls: `model`, `precomputed` and `label` nulls over `result`, `checks`, `predict`,
-`sources`, `scoring` and `streaming` (replicates over devices); `arrays` and `sharding`.
+"""Permutation nulls: `model`, `precomputed`, `label` (on `result`, `checks`, `predict`, `sources`,
+`scoring`), `arrays`; replicates over devices (`streaming`, `sharding`), queries (`query_*`).
 """
