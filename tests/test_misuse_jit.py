@@ -153,7 +153,7 @@ RANKS = np.array([1.0, 2.5, 4.0], np.float32)
 @pytest.mark.parametrize("fn", ["hit_at_k", "reciprocal_rank", "normalized_rank"])
 def test_bad_rank_raises_eagerly_and_poisons_its_query_under_jit(fn, bad):
   ranks = _with(RANKS, 1, bad)
-  call = {"hit_at_k": lambda r, **kw: tb.hit_at_k(r, 1, **kw),
+  call = {"hit_at_k": lambda r, **kw: tb.hit_at_k(r, k=1, **kw),
           "reciprocal_rank": tb.reciprocal_rank,
           "normalized_rank": lambda r, **kw: tb.normalized_rank(r, REL, **kw)}[fn]
   with pytest.raises(ValueError, match=r"`ranks` must be at least 1.*query 1"):
@@ -178,8 +178,8 @@ def test_normalized_rank_above_the_number_of_candidates():
 
 def test_hit_at_k_with_k_below_one():
   with pytest.raises(ValueError, match="`k` must be >= 1"):
-    tb.hit_at_k(RANKS, 0)
-  assert np.isnan(float(jax.jit(tb.hit_at_k)(RANKS, 0.5)))  # traced k
+    tb.hit_at_k(RANKS, k=0)
+  assert np.isnan(float(jax.jit(lambda r, k: tb.hit_at_k(r, k=k))(RANKS, 0.5)))  # traced k
 
 
 def test_truth_ranks_query_without_relevant_candidate():
@@ -194,22 +194,22 @@ def test_truth_ranks_query_without_relevant_candidate():
                                 tb.f1_at_k])
 def test_at_k_metrics_query_without_relevant_candidate(fn):
   with pytest.raises(ValueError, match="no relevant candidate"):
-    fn(S, NO_REL, 2)
+    fn(S, NO_REL, k=2)
   kw = {} if fn is tb.relevant_in_top_k else {"reduce_fn": None}
-  got = np.asarray(jax.jit(lambda s, r: fn(s, r, 2, **kw))(S, NO_REL))
-  want = np.asarray(fn(S, REL, 2, **kw))
+  got = np.asarray(jax.jit(lambda s, r: fn(s, r, k=2, **kw))(S, NO_REL))
+  want = np.asarray(fn(S, REL, k=2, **kw))
   np.testing.assert_array_equal(np.isnan(got), [False, True, False])
   np.testing.assert_array_equal(got[[0, 2]], want[[0, 2]])
   if fn is not tb.relevant_in_top_k:
-    assert np.isnan(float(jax.jit(lambda s, r: fn(s, r, 2))(S, NO_REL)))
+    assert np.isnan(float(jax.jit(lambda s, r: fn(s, r, k=2))(S, NO_REL)))
 
 
 @pytest.mark.parametrize("fn", [tb.relevant_in_top_k, tb.recall_at_k, tb.precision_at_k,
                                 tb.f1_at_k])
 def test_at_k_metrics_with_k_below_one(fn):
   with pytest.raises(ValueError, match="`k` must be >= 1"):
-    fn(S, REL, 0)
-  assert np.isnan(np.asarray(jax.jit(lambda k: fn(S, REL, k))(0))).all()  # traced k
+    fn(S, REL, k=0)
+  assert np.isnan(np.asarray(jax.jit(lambda k: fn(S, REL, k=k))(0))).all()  # traced k
 
 
 def test_top1_counts_has_no_value_checks_and_agrees_under_jit():
@@ -335,6 +335,6 @@ def test_valid_inputs_are_bit_identical_jitted_and_eager():
     np.testing.assert_array_equal(a, b)
   checks = [(tb.benjamini_hochberg, RANKS / 4), (tb.gini, RANKS), (tb.reciprocal_rank, RANKS),
             (lambda r: tb.normalized_rank(r, REL), RANKS), (tb.fraction_called, RANKS / 4),
-            (lambda s: tb.f1_at_k(s, REL, 2), S), (lambda s: tb.own_scores(s, REL), S)]
+            (lambda s: tb.f1_at_k(s, REL, k=2), S), (lambda s: tb.own_scores(s, REL), S)]
   for fn, arg in checks:
     np.testing.assert_array_equal(np.asarray(jax.jit(fn)(arg)), np.asarray(fn(arg)))

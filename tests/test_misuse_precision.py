@@ -113,12 +113,12 @@ def test_rank_metrics_and_popularity_in_low_precision(dtype):
   s, s32 = _low(rng.integers(-3, 4, size=(300, 300)), dtype)  # ties
   rel = np.eye(300, dtype=bool)
   ranks = tb.truth_ranks(s, rel)
-  for fn in (lambda r: tb.hit_at_k(r, 5), tb.reciprocal_rank,
+  for fn in (lambda r: tb.hit_at_k(r, k=5), tb.reciprocal_rank,
              lambda r: tb.normalized_rank(r, rel)):
     low_ranks = jnp.asarray(ranks, dtype)  # ranks handed over in low precision too
     _same(fn(low_ranks), fn(low_ranks.astype(jnp.float32)))
   for fn in (tb.relevant_in_top_k, tb.recall_at_k, tb.f1_at_k):
-    _same(fn(s, rel, 5), fn(s32, rel, 5))
+    _same(fn(s, rel, k=5), fn(s32, rel, k=5))
   counts = tb.top1_counts(s)
   _same(counts, tb.top1_counts(s32))
   _same(tb.gini(counts.astype(dtype)), tb.gini(counts.astype(dtype).astype(jnp.float32)))

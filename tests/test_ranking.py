@@ -71,7 +71,7 @@ def test_hit_mrr_and_normalized_rank_match_reference():
   ranks = tb.truth_ranks(s, rel)
   r = ref.truth_ranks(s, rel)
   for k in (1, 2, 3.5):
-    np.testing.assert_allclose(float(tb.hit_at_k(ranks, k)), ref.hit_at_k(r, k), rtol=1e-6)
+    np.testing.assert_allclose(float(tb.hit_at_k(ranks, k=k)), ref.hit_at_k(r, k), rtol=1e-6)
   np.testing.assert_allclose(float(tb.reciprocal_rank(ranks)), ref.mrr(r), rtol=1e-6)
   np.testing.assert_allclose(float(tb.normalized_rank(ranks, rel)),
                              ref.normalized_rank(r, rel), rtol=1e-6)
@@ -80,7 +80,7 @@ def test_hit_mrr_and_normalized_rank_match_reference():
 def test_reduce_fn_none_keeps_per_query_values():
   ranks = np.array([1.0, 2.0, 4.0, 1.5], np.float32)
   rel = np.eye(4, 5, dtype=bool)
-  np.testing.assert_array_equal(np.asarray(tb.hit_at_k(ranks, 1.5, reduce_fn=None)),
+  np.testing.assert_array_equal(np.asarray(tb.hit_at_k(ranks, k=1.5, reduce_fn=None)),
                                 [1, 0, 0, 1])
   np.testing.assert_allclose(np.asarray(tb.reciprocal_rank(ranks, reduce_fn=None)),
                              [1.0, 0.5, 0.25, 1 / 1.5])
@@ -91,12 +91,12 @@ def test_reduce_fn_none_keeps_per_query_values():
 def test_where_mask_equals_truncated_input_and_fully_masked_gives_zero():
   ranks = np.array([1.0, 3.0, 2.0, 1.0, 5.0], np.float32)
   where = np.array([True, False, True, True, False])
-  assert float(tb.hit_at_k(ranks, 1, where=where)) == pytest.approx(
-      float(tb.hit_at_k(ranks[where], 1)))
+  assert float(tb.hit_at_k(ranks, k=1, where=where)) == pytest.approx(
+      float(tb.hit_at_k(ranks[where], k=1)))
   assert float(tb.reciprocal_rank(ranks, where=where)) == pytest.approx(
       float(tb.reciprocal_rank(ranks[where])))
   none = np.zeros(5, bool)
-  assert float(tb.hit_at_k(ranks, 1, where=none)) == 0.0
+  assert float(tb.hit_at_k(ranks, k=1, where=none)) == 0.0
   assert float(tb.reciprocal_rank(ranks, where=none)) == 0.0
 
 
@@ -107,12 +107,12 @@ def test_recall_precision_f1_at_k_match_reference(ties, k):
   for _ in range(3):
     # few levels and many relevant candidates: tie blocks cut by the K-th place
     s, rel = _tied_scores(rng, levels=3), _relevance(rng, max_rel=5)
-    np.testing.assert_allclose(np.asarray(tb.relevant_in_top_k(s, rel, k, ties=ties)),
+    np.testing.assert_allclose(np.asarray(tb.relevant_in_top_k(s, rel, k=k, ties=ties)),
                                ref.relevant_in_top_k(s, rel, k, ties), rtol=1e-6)
     rec, prec, f1 = ref.recall_precision_f1_at_k(s, rel, k, ties)
-    np.testing.assert_allclose(float(tb.recall_at_k(s, rel, k, ties=ties)), rec, rtol=1e-6)
-    np.testing.assert_allclose(float(tb.precision_at_k(s, rel, k, ties=ties)), prec, rtol=1e-6)
-    np.testing.assert_allclose(float(tb.f1_at_k(s, rel, k, ties=ties)), f1, rtol=1e-6)
+    np.testing.assert_allclose(float(tb.recall_at_k(s, rel, k=k, ties=ties)), rec, rtol=1e-6)
+    np.testing.assert_allclose(float(tb.precision_at_k(s, rel, k=k, ties=ties)), prec, rtol=1e-6)
+    np.testing.assert_allclose(float(tb.f1_at_k(s, rel, k=k, ties=ties)), f1, rtol=1e-6)
 
 
 def test_tie_block_cut_by_the_kth_place_shares_the_remaining_places():
@@ -124,13 +124,13 @@ def test_tie_block_cut_by_the_kth_place_shares_the_remaining_places():
                   [1, 1, 1, 0, 0, 0]], bool)
   expected = {"average": 2 * 2 / 4, "optimistic": 2.0, "pessimistic": 0.0}
   for ties, want in expected.items():
-    assert float(tb.relevant_in_top_k(s, rel, 3, ties=ties)[0]) == pytest.approx(want)
+    assert float(tb.relevant_in_top_k(s, rel, k=3, ties=ties)[0]) == pytest.approx(want)
     # the relevant-only block fills the top K whatever the tie rule: precision stays <= 1
     for k in (1, 2):
-      hits = float(tb.relevant_in_top_k(s, rel, k, ties=ties)[1])
+      hits = float(tb.relevant_in_top_k(s, rel, k=k, ties=ties)[1])
       assert hits == pytest.approx(k)
-      assert float(tb.precision_at_k(s, rel, k, ties=ties, reduce_fn=None)[1]) == pytest.approx(1)
-      assert float(tb.recall_at_k(s, rel, k, ties=ties, reduce_fn=None)[1]) == pytest.approx(k / 3)
+      assert float(tb.precision_at_k(s, rel, k=k, ties=ties, reduce_fn=None)[1]) == pytest.approx(1)
+      assert float(tb.recall_at_k(s, rel, k=k, ties=ties, reduce_fn=None)[1]) == pytest.approx(k / 3)
 
 
 def test_relevant_in_top_k_without_ties_counts_the_k_best_candidates():
@@ -138,10 +138,10 @@ def test_relevant_in_top_k_without_ties_counts_the_k_best_candidates():
   s = rng.normal(size=(Q, C)).astype(np.float32)
   rel = _relevance(rng, max_rel=4)
   for k in (1, 2, 5, C):
-    np.testing.assert_array_equal(np.asarray(tb.relevant_in_top_k(s, rel, k)),
+    np.testing.assert_array_equal(np.asarray(tb.relevant_in_top_k(s, rel, k=k)),
                                   ref.relevant_in_top_k_sorted(s, rel, k))
   # every relevant candidate is within the top C
-  np.testing.assert_array_equal(np.asarray(tb.recall_at_k(s, rel, C, reduce_fn=None)), 1.0)
+  np.testing.assert_array_equal(np.asarray(tb.recall_at_k(s, rel, k=C, reduce_fn=None)), 1.0)
 
 
 def test_hit_at_k_equals_recall_at_k_with_one_relevant_candidate_and_no_ties():
@@ -150,7 +150,7 @@ def test_hit_at_k_equals_recall_at_k_with_one_relevant_candidate_and_no_ties():
   rel = _relevance(rng, max_rel=1)
   ranks = tb.truth_ranks(s, rel)
   for k in (1, 3):
-    assert float(tb.hit_at_k(ranks, k)) == pytest.approx(float(tb.recall_at_k(s, rel, k)))
+    assert float(tb.hit_at_k(ranks, k=k)) == pytest.approx(float(tb.recall_at_k(s, rel, k=k)))
 
 
 def test_top1_counts_and_gini_match_reference():
@@ -200,8 +200,8 @@ def test_at_k_metrics_jit_equals_eager():
   rng = np.random.default_rng(10)
   s, rel = _tied_scores(rng), _relevance(rng)
   for fn in (tb.recall_at_k, tb.precision_at_k, tb.f1_at_k):
-    jitted = jax.jit(lambda a, b, fn=fn: fn(a, b, 2))(s, rel)
-    assert float(jitted) == pytest.approx(float(fn(s, rel, 2)))
+    jitted = jax.jit(lambda a, b, fn=fn: fn(a, b, k=2))(s, rel)
+    assert float(jitted) == pytest.approx(float(fn(s, rel, k=2)))
   jitted = jax.jit(lambda a: (tb.top1_counts(a), tb.gini(tb.top1_counts(a))))(s)
   np.testing.assert_allclose(np.asarray(jitted[0]), np.asarray(tb.top1_counts(s)))
   assert float(jitted[1]) == pytest.approx(float(tb.gini(tb.top1_counts(s))))
@@ -218,12 +218,12 @@ def test_vmap_over_score_matrices_equals_loop():
   got = np.asarray(jax.vmap(lambda a, r: tb.truth_ranks(a, r, ties="pessimistic"))(batch, rels))
   np.testing.assert_array_equal(
       got, np.stack([tb.truth_ranks(a, r, ties="pessimistic") for a, r in zip(batch, rels)]))
-  got = np.asarray(jax.vmap(lambda a, r: tb.relevant_in_top_k(a, r, 2))(batch, rels))
+  got = np.asarray(jax.vmap(lambda a, r: tb.relevant_in_top_k(a, r, k=2))(batch, rels))
   np.testing.assert_array_equal(
-      got, np.stack([tb.relevant_in_top_k(a, r, 2) for a, r in zip(batch, rels)]))
-  got = np.asarray(jax.vmap(lambda a, r: tb.f1_at_k(a, r, 2, reduce_fn=None))(batch, rels))
+      got, np.stack([tb.relevant_in_top_k(a, r, k=2) for a, r in zip(batch, rels)]))
+  got = np.asarray(jax.vmap(lambda a, r: tb.f1_at_k(a, r, k=2, reduce_fn=None))(batch, rels))
   np.testing.assert_allclose(
-      got, np.stack([tb.f1_at_k(a, r, 2, reduce_fn=None) for a, r in zip(batch, rels)]))
+      got, np.stack([tb.f1_at_k(a, r, k=2, reduce_fn=None) for a, r in zip(batch, rels)]))
   got = np.asarray(jax.vmap(tb.top1_counts)(batch))
   np.testing.assert_allclose(got, np.stack([tb.top1_counts(a) for a in batch]))
   ranks = jax.vmap(lambda a: tb.truth_ranks(a, rels[0]))(batch)
@@ -245,8 +245,8 @@ def test_consistent_reordering_permutes_ranks_and_keeps_at_k_metrics(seed, ties)
   ranks = np.asarray(tb.truth_ranks(s, rel, ties=ties))
   ranks_perm = np.asarray(tb.truth_ranks(s[np.ix_(pq, pc)], rel[np.ix_(pq, pc)], ties=ties))
   np.testing.assert_array_equal(ranks_perm, ranks[pq])
-  hits = np.asarray(tb.relevant_in_top_k(s, rel, 2, ties=ties))
-  hits_perm = np.asarray(tb.relevant_in_top_k(s[np.ix_(pq, pc)], rel[np.ix_(pq, pc)], 2,
+  hits = np.asarray(tb.relevant_in_top_k(s, rel, k=2, ties=ties))
+  hits_perm = np.asarray(tb.relevant_in_top_k(s[np.ix_(pq, pc)], rel[np.ix_(pq, pc)], k=2,
                                               ties=ties))
   # Shared top-k places give fractional hits (e.g. 4/3), summed in candidate order: a
   # reordering may change the last bit of that float sum.
@@ -268,8 +268,8 @@ def test_strictly_increasing_transform_keeps_ranks(seed, transform):
   for ties in TIES:
     np.testing.assert_array_equal(np.asarray(tb.truth_ranks(t, rel, ties=ties)),
                                   np.asarray(tb.truth_ranks(s, rel, ties=ties)))
-  np.testing.assert_array_equal(np.asarray(tb.relevant_in_top_k(t, rel, 3)),
-                                np.asarray(tb.relevant_in_top_k(s, rel, 3)))
+  np.testing.assert_array_equal(np.asarray(tb.relevant_in_top_k(t, rel, k=3)),
+                                np.asarray(tb.relevant_in_top_k(s, rel, k=3)))
 
 
 @settings(max_examples=40, deadline=None)
@@ -288,7 +288,7 @@ def test_rank_bounds_and_tie_rule_ordering(seed):
   assert np.all((nr >= 0) & (nr <= 1))
   for k in (1, 3):
     for fn in (tb.recall_at_k, tb.precision_at_k, tb.f1_at_k):
-      v = np.asarray(fn(s, rel, k, reduce_fn=None))
+      v = np.asarray(fn(s, rel, k=k, reduce_fn=None))
       assert np.all((v >= 0) & (v <= 1 + 1e-6))
 
 
@@ -297,12 +297,12 @@ def test_rank_bounds_and_tie_rule_ordering(seed):
 def test_relevant_in_top_k_bounds_and_tie_rule_ordering(seed, k):
   rng = np.random.default_rng(seed)
   s, rel = _tied_scores(rng, levels=3), _relevance(rng, max_rel=6)
-  avg, opt, pes = (np.asarray(tb.relevant_in_top_k(s, rel, k, ties=t)) for t in TIES)
+  avg, opt, pes = (np.asarray(tb.relevant_in_top_k(s, rel, k=k, ties=t)) for t in TIES)
   cap = np.minimum(k, rel.sum(1))
   assert np.all(opt <= cap + 1e-5) and np.all(pes >= 0)
   assert np.all(pes <= avg + 1e-5) and np.all(avg <= opt + 1e-5)
   # k = C retrieves everything
-  np.testing.assert_allclose(np.asarray(tb.relevant_in_top_k(s, rel, C)), rel.sum(1))
+  np.testing.assert_allclose(np.asarray(tb.relevant_in_top_k(s, rel, k=C)), rel.sum(1))
 
 
 @pytest.mark.parametrize("ties", ["average", "optimistic", "pessimistic"])

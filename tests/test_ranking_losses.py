@@ -90,7 +90,7 @@ def test_where_drops_candidates_and_empty_queries(name):
 def test_soft_hit_loss_is_one_minus_the_soft_hit():
   s, rel = _problem(seed=3)
   ranks = tb.soft_truth_ranks(s, rel, temperature=0.2)
-  want = 1.0 - np.asarray(tb.soft_hit_at_k(ranks, 2, temperature=0.2))
+  want = 1.0 - np.asarray(tb.soft_hit_at_k(ranks, k=2, temperature=0.2))
   got = tb.soft_hit_loss(s, rel, k=2, temperature=0.2, reduce_fn=None)
   np.testing.assert_allclose(got, want, rtol=1e-6)
   # the hit counts exactly the truths above rank k in the hard limit
@@ -139,7 +139,7 @@ def test_perfect_model_beats_a_random_one_and_reaches_the_minimum(name):
   # far apart candidates: the perfect model's loss is at its closed-form minimum
   far = tb.similarity(jnp.asarray(refs * 100.0), refs * 100.0)
   if name == "soft_hit":
-    minimum = 1.0 - float(tb.soft_hit_at_k(jnp.ones(1), 1)[0])
+    minimum = 1.0 - float(tb.soft_hit_at_k(jnp.ones(1), k=1)[0])
   else:
     minimum = 0.0
   np.testing.assert_allclose(float(loss(far, rel, relative=False)), minimum, atol=1e-4)

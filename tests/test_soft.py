@@ -62,7 +62,7 @@ def test_soft_steps_converge_to_their_hard_counterparts():
   np.testing.assert_allclose(tb.soft_empirical_pvalues(own, null, temperature=t),
                              tb.empirical_pvalues(own, null), atol=1e-5)
   ranks = np.array([1.0, 2.0, 3.0, 1.0])
-  np.testing.assert_allclose(tb.soft_hit_at_k(ranks, 2, temperature=1e-3), [1, 1, 0, 1],
+  np.testing.assert_allclose(tb.soft_hit_at_k(ranks, k=2, temperature=1e-3), [1, 1, 0, 1],
                              atol=1e-6)
 
 
@@ -291,17 +291,17 @@ def test_check_grads_of_the_default_relaxation_with_its_local_units_held_fixed()
   # The default divides each temperature by a local gap under `stop_gradient`: a constant
   # at each step. Held fixed at the base point, the relaxation is a smooth function whose
   # autodiff gradient must match finite differences.
-  from twinbench_jax._src.soft import relaxation as soft
+  from twinbench_jax._src.soft import area, temperatures
   with jax.enable_x64(True):
     scores, rel, own, null = (x.astype(np.float64) if x.dtype != bool else x
                               for x in _tie_free(12, q=8, c=10, b=6))
-    rank_unit = soft._rank_unit(jnp.asarray(scores), jnp.asarray(rel), True)
-    p_unit = soft._p_unit(jnp.asarray(own), jnp.asarray(null), True)
+    rank_unit = temperatures.rank_unit(jnp.asarray(scores), jnp.asarray(rel), True)
+    p_unit = temperatures.p_unit(jnp.asarray(own), jnp.asarray(null), True)
     assert rank_unit.shape == (8, 1) and p_unit.shape == (8,)
-    temps = soft.resolve_temperatures(tb.SoftTemperatures())
+    temps = temperatures.resolve_temperatures(tb.SoftTemperatures())
 
     def f(s, m, mb):
-      return soft._soft_auc_f1_in_units(s, rel, m, mb, temps, 1.0, rank_unit, p_unit)
+      return area.soft_auc_f1_in_units(s, rel, m, mb, temps, 1.0, rank_unit, p_unit)
 
     # the held-fixed function is the default one at the base point
     np.testing.assert_allclose(f(scores, own, null), tb.soft_auc_f1(scores, rel, own, null),
@@ -353,7 +353,7 @@ def test_relative_must_be_a_known_mode():
 def test_prefix_sum_area_equals_the_dense_f1_at_every_breakpoint():
   # the default area sums the ramp calls with prefix sums; the dense [Q, Q] calls of
   # tb.soft_f1_curve at the same breakpoints give the same area, values and gradients
-  from twinbench_jax._src.soft import relaxation as soft
+  from twinbench_jax._src.soft import area
   rng = np.random.default_rng(15)
   h = 1.0 / (B + 1)
   p = (rng.integers(1, B + 2, size=Q) * h + rng.normal(scale=0.15 * h, size=Q)).astype(np.float32)
@@ -365,7 +365,7 @@ def test_prefix_sum_area_equals_the_dense_f1_at_every_breakpoint():
     return jnp.sum(tb.soft_f1_curve(a, p, hits, n_null=B, temperature=0.3) * width)
 
   def prefix(p, hits):
-    return soft._sorted_step_area(p, hits, h, 0.3)
+    return area.sorted_step_area(p, hits, h, 0.3)
 
   v_dense, g_dense = jax.value_and_grad(dense, argnums=(0, 1))(p, hits)
   v_prefix, g_prefix = jax.value_and_grad(prefix, argnums=(0, 1))(p, hits)

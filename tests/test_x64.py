@@ -105,7 +105,7 @@ def test_soft_steps_keep_float32():
   def run():
     ranks = tb.soft_truth_ranks(s, rel)
     p = tb.soft_empirical_pvalues(own, null_own)
-    return (ranks, tb.soft_hit_at_k(ranks, 1), p, tb.soft_called(p, 0.05, n_null=B),
+    return (ranks, tb.soft_hit_at_k(ranks, k=1), p, tb.soft_called(p, 0.05, n_null=B),
             tb.soft_f1_curve(jnp.asarray([0.1, 0.5], jnp.float32), p, jnp.ones(Q, jnp.float32),
                              n_null=B))
 

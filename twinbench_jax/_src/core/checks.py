@@ -11,7 +11,10 @@ same words wherever it is given.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import functools
+import inspect
+import warnings
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -142,3 +145,28 @@ def check_scores_null(scores: Any, null_scores: Any, name: str = "scores",
   if mb.shape[0] < min_replicates:
     raise ValueError(f"`{null_name}` has zero null replicates (B = 0); need B >= 1")
   return m, mb
+
+
+def keyword_k(fn: Callable) -> Callable:
+  """Makes `k` of `fn` keyword-only, accepting a positional `k` for one release.
+
+  `fn` declares `k` keyword-only; a call that passes one positional argument
+  beyond `fn`'s positional parameters takes it as `k` and warns with a
+  `FutureWarning` that names the keyword form.
+  """
+  params = inspect.signature(fn).parameters
+  positional = [n for n, p in params.items() if p.kind == p.POSITIONAL_OR_KEYWORD]
+  assert params["k"].kind == inspect.Parameter.KEYWORD_ONLY, fn
+
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    if len(args) == len(positional) + 1 and "k" not in kwargs:
+      shown = ", ".join(positional)
+      warnings.warn(
+          f"`k` passed positionally to `tb.{fn.__name__}({shown}, k)` is deprecated and will be "
+          f"an error in the next release; pass it by keyword: "
+          f"`tb.{fn.__name__}({shown}, k=...)`", FutureWarning, stacklevel=2)
+      *args, kwargs["k"] = args
+    return fn(*args, **kwargs)
+
+  return wrapper

@@ -9,7 +9,7 @@ scipy or XLA:
   (cells in block order), so the sums are bit-identical to that product.
 - **All-pairs L1 distances.** The loop here takes two queries and four
   candidates at a time and keeps their eight sums in SIMD registers over the
-  genes, about 5x faster than XLA's reduction on 2 cores.
+  genes, several times faster than XLA's reduction on a CPU.
 
 The loops are compiled with numba on first use (`cache=True`: the machine
 code is kept beside this file, in `__pycache__`, or where numba's own

@@ -16,12 +16,13 @@ NaN mean; eagerly these are `ValueError`s.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from twinbench_jax._src import types
 from twinbench_jax._src.core import checks
 from twinbench_jax._src.core import validation
 
@@ -29,7 +30,7 @@ TIES = checks.TIES
 
 _TIE_WEIGHT = {"average": 0.5, "optimistic": 0.0, "pessimistic": 1.0}
 
-ReduceFn = Optional[Callable[[jax.Array], jax.Array]]
+ReduceFn = types.ReduceFn
 
 
 def _check_ranks(ranks: jax.Array, where: Optional[jax.Array], high: object = np.inf):
@@ -58,7 +59,9 @@ def _check_ranks(ranks: jax.Array, where: Optional[jax.Array], high: object = np
   return r, None
 
 
-def truth_ranks(scores: jax.Array, relevance: jax.Array, *, ties: str = "average") -> jax.Array:
+def truth_ranks(scores: types.ArrayLike, relevance: types.ArrayLike, *,
+                ties: types.Ties = "average", where: Optional[jax.Array] = None,
+                reduce_fn: ReduceFn = None) -> jax.Array:
   r"""Rank of the truth for every query (1 = best), SPEC §2.
 
   .. math::
@@ -76,14 +79,18 @@ def truth_ranks(scores: jax.Array, relevance: jax.Array, *, ties: str = "average
       perturbation of query `q`. Every query needs at least one `True`
       (checked when the array is concrete; under `jit` such a query gets NaN).
     ties: ``"average"``, ``"optimistic"`` or ``"pessimistic"``.
+    where: optional `[Q]` boolean mask of the queries that enter `reduce_fn`.
+    reduce_fn: `None` (default) keeps the `[Q]` ranks; e.g. `jnp.mean` for the
+      mean rank (over the queries in `where`).
 
   Returns:
     `[Q]` float ranks in `[1, 1 + #non-relevant]`, in at least float32 (the
-    ranks of bfloat16 scores are those of the same values in float32).
+    ranks of bfloat16 scores are those of the same values in float32), or
+    their reduction.
   """
   s, rel = checks.check_scores_relevance(scores, relevance)
   checks.check_ties(ties)
-  return _truth_ranks(s, rel, ties=ties)
+  return reduce_queries(_truth_ranks(s, rel, ties=ties), where, reduce_fn)
 
 
 @functools.partial(jax.jit, static_argnames=("ties",))
@@ -116,7 +123,18 @@ def _truth_ranks_identity(s: jax.Array, *, ties: str) -> jax.Array:
   return 1.0 - w + jnp.sum(weight, axis=1)
 
 
-def _reduce(values: jax.Array, where: Optional[jax.Array], reduce_fn: ReduceFn) -> jax.Array:
+def reduce_queries(values: jax.Array, where: Optional[jax.Array], reduce_fn: ReduceFn
+                   ) -> jax.Array:
+  """`reduce_fn` of the `[Q]` per-query `values` over the queries in `where` (rax's convention).
+
+  `reduce_fn=None` returns `values` as they are; a mean over no query is 0.
+  `where` must be a `[Q]` boolean mask.
+  """
+  if where is not None:
+    where = validation.as_bool_array(where, "where", ndim=1)
+    if where.shape[0] != values.shape[0]:
+      raise ValueError(f"`where` masks queries: it must have shape (Q,) = ({values.shape[0]},), "
+                       f"got {tuple(where.shape)}")
   if reduce_fn is None:
     return values
   if where is None:
@@ -132,7 +150,8 @@ def _poisoned(values: jax.Array, invalid: Optional[jax.Array]) -> jax.Array:
   return values if invalid is None else validation.poison(values, invalid)
 
 
-def hit_at_k(ranks: jax.Array, k: float, *, where: Optional[jax.Array] = None,
+@checks.keyword_k
+def hit_at_k(ranks: types.ArrayLike, *, k: types.K, where: Optional[jax.Array] = None,
              reduce_fn: ReduceFn = jnp.mean) -> jax.Array:
   """`1[r_q <= k]` per query, reduced by `reduce_fn` (mean; `None` keeps `[Q]`). SPEC §2.
 
@@ -143,7 +162,7 @@ def hit_at_k(ranks: jax.Array, k: float, *, where: Optional[jax.Array] = None,
   ranks, invalid = _check_ranks(ranks, where)
   if validation.any_traced(k):
     invalid = checks.k_invalid(k) if invalid is None else invalid | checks.k_invalid(k)
-  return _reduce(_poisoned((ranks <= k).astype(ranks.dtype), invalid), where, reduce_fn)
+  return reduce_queries(_poisoned((ranks <= k).astype(ranks.dtype), invalid), where, reduce_fn)
 
 
 def reciprocal_rank(ranks: jax.Array, *, where: Optional[jax.Array] = None,
@@ -153,7 +172,7 @@ def reciprocal_rank(ranks: jax.Array, *, where: Optional[jax.Array] = None,
   Ranks must be at least 1 and not NaN (`ValueError`; NaN for that query under `jit`).
   """
   ranks, invalid = _check_ranks(ranks, where)
-  return _reduce(_poisoned(1.0 / ranks, invalid), where, reduce_fn)
+  return reduce_queries(_poisoned(1.0 / ranks, invalid), where, reduce_fn)
 
 
 def normalized_rank(ranks: jax.Array, relevance: jax.Array, *,
@@ -173,11 +192,13 @@ def normalized_rank(ranks: jax.Array, relevance: jax.Array, *,
   ranks, invalid = _check_ranks(ranks, where, high=1 + n_other_int)
   n_other = n_other_int.astype(ranks.dtype)
   values = jnp.where(n_other > 0, (ranks - 1.0) / jnp.maximum(n_other, 1), 0.0)
-  return _reduce(_poisoned(values, invalid), where, reduce_fn)
+  return reduce_queries(_poisoned(values, invalid), where, reduce_fn)
 
 
-def relevant_in_top_k(scores: jax.Array, relevance: jax.Array, k: int, *,
-                      ties: str = "average") -> jax.Array:
+@checks.keyword_k
+def relevant_in_top_k(scores: types.ArrayLike, relevance: types.ArrayLike, *, k: types.K,
+                      ties: types.Ties = "average", where: Optional[jax.Array] = None,
+                      reduce_fn: ReduceFn = None) -> jax.Array:
   r"""`|top-K ∩ rel_q|` per query, `[Q]` float.
 
   Candidates scored strictly higher than a block of `m` tied candidates fill
@@ -191,7 +212,14 @@ def relevant_in_top_k(scores: jax.Array, relevance: jax.Array, k: int, *,
 
   Under `jit` a query without a relevant candidate (eagerly a `ValueError`)
   gets NaN, and so does every query when a traced `k` is below 1.
+  `reduce_fn=None` (default) returns the `[Q]` counts; otherwise their
+  reduction over the queries in `where` (`[Q]` boolean).
   """
+  return reduce_queries(_hits(scores, relevance, k, ties), where, reduce_fn)
+
+
+def _hits(scores, relevance, k, ties):
+  """`[Q]` checked `relevant_in_top_k` counts (poisoned where invalid under `jit`)."""
   s, rel = checks.check_scores_relevance(scores, relevance)
   checks.check_ties(ties)
   checks.check_k(k)
@@ -233,28 +261,32 @@ def _relevant_in_top_k(s, rel, k, *, ties):
   return jnp.sum(jnp.where(rel, share, 0.0), axis=1)
 
 
-def recall_at_k(scores: jax.Array, relevance: jax.Array, k: int, *, ties: str = "average",
-                where: Optional[jax.Array] = None, reduce_fn: ReduceFn = jnp.mean) -> jax.Array:
+@checks.keyword_k
+def recall_at_k(scores: jax.Array, relevance: jax.Array, *, k: types.K,
+                ties: types.Ties = "average", where: Optional[jax.Array] = None,
+                reduce_fn: ReduceFn = jnp.mean) -> jax.Array:
   """`|top-K ∩ rel_q| / R_q`, SPEC §2."""
-  hits = relevant_in_top_k(scores, relevance, k, ties=ties)
+  hits = _hits(scores, relevance, k, ties)
   n_rel = jnp.sum(jnp.asarray(relevance), axis=1)
-  return _reduce(hits / jnp.maximum(n_rel, 1), where, reduce_fn)
+  return reduce_queries(hits / jnp.maximum(n_rel, 1), where, reduce_fn)
 
 
-def precision_at_k(scores: jax.Array, relevance: jax.Array, k: int, *,
-                   ties: str = "average", where: Optional[jax.Array] = None,
+@checks.keyword_k
+def precision_at_k(scores: jax.Array, relevance: jax.Array, *, k: types.K,
+                   ties: types.Ties = "average", where: Optional[jax.Array] = None,
                    reduce_fn: ReduceFn = jnp.mean) -> jax.Array:
   """`|top-K ∩ rel_q| / K`, SPEC §2."""
-  hits = relevant_in_top_k(scores, relevance, k, ties=ties)
-  return _reduce(hits / k, where, reduce_fn)
+  hits = _hits(scores, relevance, k, ties)
+  return reduce_queries(hits / k, where, reduce_fn)
 
 
-def f1_at_k(scores: jax.Array, relevance: jax.Array, k: int, *, ties: str = "average",
+@checks.keyword_k
+def f1_at_k(scores: jax.Array, relevance: jax.Array, *, k: types.K, ties: types.Ties = "average",
             where: Optional[jax.Array] = None, reduce_fn: ReduceFn = jnp.mean) -> jax.Array:
   """Harmonic mean of precision@K and recall@K per query, `2 h / (K + R_q)`. SPEC §2."""
-  hits = relevant_in_top_k(scores, relevance, k, ties=ties)
+  hits = _hits(scores, relevance, k, ties)
   n_rel = jnp.sum(jnp.asarray(relevance), axis=1)
-  return _reduce(2.0 * hits / (k + n_rel), where, reduce_fn)
+  return reduce_queries(2.0 * hits / (k + n_rel), where, reduce_fn)
 
 
 def top1_counts(scores: jax.Array, *, where: Optional[jax.Array] = None) -> jax.Array:

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from twinbench_jax._src import types
 from twinbench_jax._src.core import checks
 from twinbench_jax._src.core import native
 from twinbench_jax._src.core import validation
@@ -34,10 +35,10 @@ _GATHER_ELEMENTS = 1 << 24
 
 
 def similarity(
-    predictions: jax.Array,
-    references: jax.Array,
+    predictions: types.ArrayLike,
+    references: types.ArrayLike,
     *,
-    metric: str = "sqeuclidean",
+    metric: types.Metric = "sqeuclidean",
     exclude: Optional[jax.Array] = None,
 ) -> jax.Array:
   r"""Similarity of every prediction to every reference profile; larger is closer.

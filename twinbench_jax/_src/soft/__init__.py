@@ -1,4 +1,4 @@
-"""The differentiable relaxation of the AUC-F1: soft ranks, soft p-values, soft area.
+"""The differentiable AUC-F1: `temperatures`, soft `ranks`, soft `pvalues`, soft `area`.
 
-Built on `core`; smooth steps with temperatures set from local gaps.
+Built on `core`; `relaxation` gathers the public functions of the four modules.
 """

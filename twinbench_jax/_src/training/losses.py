@@ -51,11 +51,13 @@ from twinbench_jax._src.core import own_scores as own_lib
 from twinbench_jax._src.nulls import randomize as randomize_lib
 from twinbench_jax._src.core import ranking
 from twinbench_jax._src.core import similarity as similarity_lib
-from twinbench_jax._src.soft import relaxation as soft
+from twinbench_jax._src.soft import area as soft_area
+from twinbench_jax._src.soft import temperatures
+from twinbench_jax._src import types
 from twinbench_jax._src.core import checks
 from twinbench_jax._src.core import validation
 
-PredictFn = Callable[[Any, Any], jax.Array]
+PredictFn = types.PredictFn
 
 
 class QueryBatch(NamedTuple):
@@ -222,7 +224,7 @@ def make_soft_auc_f1_loss(
     n_null: int = 16,
     metric: str = "sqeuclidean",
     k: float = 1,
-    temperature: soft.Temperature = soft.DEFAULT_TEMPERATURE,
+    temperature: temperatures.Temperature = temperatures.DEFAULT_TEMPERATURE,
     relative: Any = "global",
 ) -> Callable[..., jax.Array]:
   r"""Builds `loss(params, batch, key) = 1 - soft AUC-F1` with the model in the loop (SPEC §5).
@@ -302,11 +304,12 @@ def make_soft_auc_f1_loss(
   """
   setup = _setup(predict_fn, references, relevance, randomize, leaves, n_null, metric)
   checks.check_k(k)
-  default_temps = soft.resolve_temperatures(temperature)
+  default_temps = temperatures.resolve_temperatures(temperature)
 
   def loss(params, batch, key, temperature=None):
     inputs, rows = _unpack(batch, setup.relevance.shape[0])
-    temps = default_temps if temperature is None else soft.resolve_temperatures(temperature)
+    temps = (default_temps if temperature is None
+             else temperatures.resolve_temperatures(temperature))
     model = _model(setup, params, "as_is")
     _check_prediction_shape(setup, model, inputs, rows.shape[0])
     keys = jax.random.split(key, setup.n_null)
@@ -330,11 +333,11 @@ def _loss_from_predictions(setup: _Setup, x, null_x, rows, temps, k, relative) -
   rel_rows = setup.relevance[rows]
   s = similarity_lib.similarity(x, setup.references, metric=setup.metric)
   m, mb = _split_own_scores(setup, x, null_x, rows, rel_rows)
-  value = soft._soft_auc_f1(s, rel_rows, m, mb, temps, jnp.asarray(k, s.dtype),
-                            relative=relative, alpha_grid=None,
-                            alpha_chunk=soft.DEFAULT_ALPHA_CHUNK)
+  value = soft_area.soft_auc_f1_kernel(s, rel_rows, m, mb, temps, jnp.asarray(k, s.dtype),
+                                       relative=relative, alpha_grid=None,
+                                       alpha_chunk=soft_area.DEFAULT_ALPHA_CHUNK)
   # under jit: a query without a relevant candidate or non-finite predictions give NaN
-  value = validation.poison(value, soft.invalid_inputs(s, rel_rows, m, mb))
+  value = validation.poison(value, soft_area.invalid_inputs(s, rel_rows, m, mb))
   return (1.0 - value).astype(s.dtype)
 
 
@@ -346,7 +349,7 @@ def auc_f1_loss(
     *,
     metric: str = "sqeuclidean",
     k: float = 1,
-    temperature: soft.Temperature = soft.DEFAULT_TEMPERATURE,
+    temperature: temperatures.Temperature = temperatures.DEFAULT_TEMPERATURE,
     relative: Any = "global",
 ) -> jax.Array:
   r"""`1 - soft AUC-F1` of predictions against their null: the plain array loss (SPEC §5).
@@ -395,8 +398,8 @@ def auc_f1_loss(
                      f"{want[1]}) with B >= 1, got {tuple(null_x.shape)}")
   checks.check_k(k)
   rows = jnp.arange(want[0])
-  return _loss_from_predictions(setup, x, null_x, rows, soft.resolve_temperatures(temperature),
-                                k, relative)
+  return _loss_from_predictions(setup, x, null_x, rows,
+                                temperatures.resolve_temperatures(temperature), k, relative)
 
 
 def make_auc_f1_metric_update(

@@ -31,16 +31,18 @@ around each truth by default).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 
-from twinbench_jax._src.soft import relaxation as soft
+from twinbench_jax._src.soft import ranks as soft_ranks
+from twinbench_jax._src.soft import temperatures
+from twinbench_jax._src import types
 from twinbench_jax._src.core import checks
 from twinbench_jax._src.core import validation
 
-ReduceFn = Optional[Callable[..., jax.Array]]
+ReduceFn = types.ReduceFn
 DEFAULT_TEMPERATURE = 0.1
 
 
@@ -216,7 +218,7 @@ def soft_hit_loss(scores: jax.Array, relevance: jax.Array, *, k: float = 1,
                   where: Optional[jax.Array] = None, reduce_fn: ReduceFn = jnp.mean) -> jax.Array:
   r"""`1 - soft hit@k`: the soft AUC-F1's hit term alone, without its null.
 
-  `1 - tb.soft_hit_at_k(tb.soft_truth_ranks(scores, relevance), k)` per query,
+  `1 - tb.soft_hit_at_k(tb.soft_truth_ranks(scores, relevance), k=k)` per query,
   with the rank and hit temperatures of `tb.soft_auc_f1`. What the AUC-F1's
   null term adds is the difference between this loss and
   `tb.soft_auc_f1_loss`.
@@ -236,7 +238,7 @@ def soft_hit_loss(scores: jax.Array, relevance: jax.Array, *, k: float = 1,
   Returns:
     A scalar, or `[Q]` values when `reduce_fn` is None.
   """
-  if isinstance(temperature, soft.SoftTemperatures):
+  if isinstance(temperature, temperatures.SoftTemperatures):
     t_rank, t_hit = temperature.rank, temperature.hit
   elif isinstance(temperature, dict):
     t_rank, t_hit = temperature.get("rank"), temperature.get("hit")
@@ -245,8 +247,8 @@ def soft_hit_loss(scores: jax.Array, relevance: jax.Array, *, k: float = 1,
   # None: the defaults of `tb.soft_truth_ranks` / `tb.soft_hit_at_k`, whatever they are
   rank_kw = {} if t_rank is None else dict(temperature=t_rank)
   hit_kw = {} if t_hit is None else dict(temperature=t_hit)
-  ranks = soft.soft_truth_ranks(scores, relevance, relative=relative, **rank_kw)
-  values = 1.0 - soft.soft_hit_at_k(ranks, k, **hit_kw)
+  ranks = soft_ranks.soft_truth_ranks(scores, relevance, relative=relative, **rank_kw)
+  values = 1.0 - soft_ranks.soft_hit_at_k(ranks, k=k, **hit_kw)
   if where is None:
     valid = jnp.ones(values.shape, bool)
   else:
