@@ -77,6 +77,16 @@ def case() -> dict:
                     baselines=())
   out["evaluate_pvalues"] = rep.per_perturbation["pvalue"].to_numpy()
   out["evaluate_auc_f1"] = rep.auc_f1
+  # Queries split over every device of the job (one global "queries" axis). The blocks
+  # keep XLA's CPU row reductions on their large-array code (see `query_sharding`).
+  xq = rng.normal(size=(128, 256)).astype(np.float32)
+  yq = (0.1 * xq + rng.normal(size=(128, 256))).astype(np.float32)  # p-values spread out
+  sharded = tb.evaluate_arrays(xq, yq, mesh=tb.query_mesh())
+  label_q = tb.label_null(xq, yq, mesh=tb.query_mesh())
+  out.update(sharded_pvalues=sharded.pvalues, sharded_ranks=sharded.ranks,
+             sharded_auc_f1=sharded.auc_f1, sharded_label_pvalues=label_q.pvalues,
+             sharded_label_own=label_q.own_scores,
+             unsharded_pvalues=tb.evaluate_arrays(xq, yq).pvalues)
   return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -138,6 +148,9 @@ def test_two_processes_match_one_bit_for_bit(tmp_path):
   assert len(np.unique(single["model_pvalues"])) > 2
   assert len(np.unique(single["model_cand_candidate_pvalues"])) > 2
   assert 0 < single["model_cand_candidate_auc_f1"] < 1
+  # Query-sharded over the global mesh: the same p-values as one device, unsharded.
+  np.testing.assert_array_equal(single["sharded_pvalues"], single["unsharded_pvalues"])
+  assert len(np.unique(single["sharded_pvalues"])) > 2
 
 
 if __name__ == "__main__":
