@@ -118,6 +118,7 @@ from twinbench_jax import cli
 t1 = time.perf_counter()
 args = cli.build_parser().parse_args(sys.argv[1:])
 args.own_process = True
+cli._no_automatic_gc()  # as the command does
 cli._enable_compilation_cache(args)
 import h5py
 from twinbench_jax._src.core import native
@@ -198,6 +199,24 @@ _STEP_LABELS = [
     ("teardown_skipped", "final garbage collection (skipped: the command ends with `os._exit`)"),
 ]
 
+# Measured once and kept out of the command (interleaved runs of the two variants on
+# Papalexi, this machine, loaded): what it would change, as a median time ratio.
+_TRIED = [
+    "the cyclic garbage collector off in the command's process (kept, `cli._no_automatic_gc`): "
+    "0.83x on Papalexi and 0.78x on the 200-perturbation pair (5 interleaved runs each, "
+    "against the code before it); pausing it also while `import twinbench_jax` runs: 0.98x "
+    "more, not kept (it would touch the package's import for every user)",
+    "the plots drawn by two processes forked at the start (matplotlib imported and warmed "
+    "while the command reads and scores): 1.32x, slower: copy-on-write faults of a process "
+    "holding JAX and pandas, and two more runnable processes on 2 loaded cores",
+    "the plots drawn by one fresh helper interpreter started at the beginning (no fork): "
+    "1.15x, slower: its own numpy, pandas and matplotlib imports cost more CPU than they "
+    "take off the critical path when the cores are busy",
+    "XLA's L1 instead of numba's loop for small problems (saves numba's import and first "
+    "dispatch, 0.2-0.4 s): not done, the distances differ in the last bits (17 of 25 "
+    "`own_score` values on Papalexi, up to 3.8e-6), so the reports would not stay identical",
+]
+
 
 def markdown(res: dict) -> str:
   names = {"papalexi": "Papalexi 2021, 25 perturbations x 299 genes",
@@ -239,6 +258,8 @@ def markdown(res: dict) -> str:
             "Slowest packages imported by `twinbench_jax.cli` (`python -X importtime`, "
             "cumulative s): " + ", ".join(f"{k} {v:.2f}" for k, v in bd["top_imports"]) + ".",
             ""]
+  out += ["Start-up ideas measured (ratio = the command's time with / without):", "",
+          *[f"- {t}." for t in _TRIED], ""]
   return "\n".join(out)
 
 
