@@ -108,3 +108,13 @@ def test_public_functions_share_the_k_message():
                lambda: tb.soft_hit_at_k(ranks, k=0)):
     with pytest.raises(ValueError, match=r"^`k` must be >= 1, got "):
       call()
+
+
+def test_check_profile_pair_names_both_shapes():
+  x, y = checks.check_profile_pair(np.ones((2, 3), np.int32), np.ones((4, 3)))
+  assert x.dtype == jnp.result_type(float) and y.shape == (4, 3)
+  with pytest.raises(ValueError, match=r"same number of features \(genes\), got predictions "
+                                       r"\(2, 3\) and references \(4, 5\)"):
+    checks.check_profile_pair(np.ones((2, 3)), np.ones((4, 5)))
+  with pytest.raises(ValueError, match=r"have no features \(genes\): shapes \(2, 0\) and \(4, 0\)"):
+    checks.check_profile_pair(np.ones((2, 0)), np.ones((4, 0)))

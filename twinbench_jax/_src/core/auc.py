@@ -47,6 +47,22 @@ def _step_area(alphas_sorted: jax.Array, values: jax.Array) -> jax.Array:
   return jnp.sum(values * jnp.maximum(nxt - a, 0.0))
 
 
+def _checked_pvalues(pvalues, labels, labels_name, where, ndim):
+  """`(p-values in at least float32, boolean labels, boolean mask)` of one `ndim`-D shape.
+
+  `labels` is `correct` `[Q]` or `relevance` `[Q, C]`; p-values under a False
+  of `where` are not checked (they are left out).
+  """
+  p = validation.at_least_float32(validation.as_float_array(pvalues, "pvalues", ndim=ndim))
+  lab = validation.as_bool_array(labels, labels_name, ndim=ndim)
+  validation.check_same_shape(p, lab, "pvalues", labels_name)
+  mask = jnp.ones(p.shape, bool) if where is None else validation.as_bool_array(
+      where, "where", ndim=ndim)
+  validation.check_same_shape(p, mask, "pvalues", "where")
+  validation.check_pvalues(p if where is None else jnp.where(mask, p, 1.0))
+  return p, lab, mask
+
+
 def auc_f1(pvalues: jax.Array, correct: jax.Array, *,
            where: Optional[jax.Array] = None) -> AucF1Result:
   r"""Query-level AUC-F1 (SPEC §4).
@@ -75,14 +91,8 @@ def auc_f1(pvalues: jax.Array, correct: jax.Array, *,
     `jit`, a p-value outside (0, 1] (or NaN) among the unmasked queries makes
     every field NaN (eagerly it is a `ValueError`).
   """
-  p = validation.at_least_float32(validation.as_float_array(pvalues, "pvalues", ndim=1))
-  ok = validation.as_bool_array(correct, "correct", ndim=1)
-  validation.check_same_shape(p, ok, "pvalues", "correct")
-  mask = jnp.ones(p.shape, bool) if where is None else validation.as_bool_array(
-      where, "where", ndim=1)
-  validation.check_same_shape(p, mask, "pvalues", "where")
   # masked queries are left out entirely, placeholder p-values included
-  validation.check_pvalues(p if where is None else jnp.where(mask, p, 1.0))
+  p, ok, mask = _checked_pvalues(pvalues, correct, "correct", where, 1)
   result = _auc_f1(p, ok, mask)
   if validation.any_traced(p, mask):
     result = validation.poison(result, jnp.any(validation.out_of_range(p, 0.0, 1.0, low_open=True)
@@ -132,13 +142,7 @@ def candidate_auc_f1(pvalues: jax.Array, relevance: jax.Array, *,
     `jit`, an unmasked p-value outside (0, 1] or a query without a relevant
     (unmasked) candidate makes every field NaN (eagerly a `ValueError`).
   """
-  p = validation.at_least_float32(validation.as_float_array(pvalues, "pvalues", ndim=2))
-  rel = validation.as_bool_array(relevance, "relevance", ndim=2)
-  validation.check_same_shape(p, rel, "pvalues", "relevance")
-  mask = jnp.ones(p.shape, bool) if where is None else validation.as_bool_array(
-      where, "where", ndim=2)
-  validation.check_same_shape(p, mask, "pvalues", "where")
-  validation.check_pvalues(p if where is None else jnp.where(mask, p, 1.0))
+  p, rel, mask = _checked_pvalues(pvalues, relevance, "relevance", where, 2)
   validation.check_every_query_has_relevant(rel & mask, "relevance (after `where`)")
   result = _candidate_auc_f1(p, rel, mask)
   if validation.any_traced(p, rel, mask):

@@ -80,6 +80,21 @@ def check_ties(ties: Any) -> str:
   return ties
 
 
+def check_profile_pair(predictions: Any, references: Any) -> tuple[jax.Array, jax.Array]:
+  """`([Q, G] predictions, [C, G] references)` as floating arrays with the same genes, G >= 1."""
+  x = validation.as_float_array(predictions, "predictions", ndim=2)
+  y = validation.as_float_array(references, "references", ndim=2)
+  if x.shape[1] != y.shape[1]:
+    raise ValueError(
+        f"`predictions` and `references` must have the same number of features (genes), got "
+        f"predictions {tuple(x.shape)} and references {tuple(y.shape)}")
+  if x.shape[1] == 0:
+    raise ValueError(
+        f"`predictions` and `references` have no features (genes): shapes {tuple(x.shape)} and "
+        f"{tuple(y.shape)}; with G = 0 every candidate would tie, so nothing can be ranked")
+  return x, y
+
+
 def check_positive_int(value: Any, name: str) -> int:
   """Checks a count (`n_null`, a chunk size): an integer value >= 1, not a bool; returns an int."""
   if (isinstance(value, (bool, np.bool_)) or np.ndim(value) != 0

@@ -115,16 +115,7 @@ def similarity(
     Array([[-0., -1.],
            [-5., -0.]], dtype=float32)
   """
-  x = validation.as_float_array(predictions, "predictions", ndim=2)
-  y = validation.as_float_array(references, "references", ndim=2)
-  if x.shape[1] != y.shape[1]:
-    raise ValueError(
-        f"`predictions` and `references` must have the same number of features (genes), got "
-        f"predictions {tuple(x.shape)} and references {tuple(y.shape)}")
-  if x.shape[1] == 0:
-    raise ValueError(
-        f"`predictions` and `references` have no features (genes): shapes {tuple(x.shape)} and "
-        f"{tuple(y.shape)}; with G = 0 every candidate would tie, so nothing can be ranked")
+  x, y = checks.check_profile_pair(predictions, references)
   checks.check_metric(metric)
   dtype = jnp.result_type(x.dtype, y.dtype)
   x, y = x.astype(dtype), y.astype(dtype)

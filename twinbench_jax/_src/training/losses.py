@@ -222,7 +222,7 @@ def make_soft_auc_f1_loss(
     randomize: Any = "shuffle_features",
     leaves: Any = None,
     n_null: int = 16,
-    metric: str = "sqeuclidean",
+    metric: types.Metric = "sqeuclidean",
     k: float = 1,
     temperature: temperatures.Temperature = temperatures.DEFAULT_TEMPERATURE,
     relative: Any = "global",
@@ -347,7 +347,7 @@ def auc_f1_loss(
     references: jax.Array,
     relevance: Optional[jax.Array] = None,
     *,
-    metric: str = "sqeuclidean",
+    metric: types.Metric = "sqeuclidean",
     k: float = 1,
     temperature: temperatures.Temperature = temperatures.DEFAULT_TEMPERATURE,
     relative: Any = "global",
@@ -411,9 +411,9 @@ def make_auc_f1_metric_update(
     null_chunk: int = 25,
     randomize: Any = "shuffle_features",
     leaves: Any = None,
-    metric: str = "sqeuclidean",
+    metric: types.Metric = "sqeuclidean",
     own_score: str = "similarity",
-    ties: str = "average",
+    ties: types.Ties = "average",
     module_mode: str = "eval",
 ) -> Callable[..., metrics_lib.AucF1Metric]:
   """Builds `update(state, params, batch, key) -> state`: a batch into a `tb.AucF1Metric`.
@@ -541,7 +541,7 @@ def hard_auc_f1_validation(
     leaves: Any = None,
     n_null: int = 100,
     null_chunk: int = 25,
-    metric: str = "sqeuclidean",
+    metric: types.Metric = "sqeuclidean",
     k: int = 1,
     module_mode: str = "eval",
 ) -> Callable[[Any, Any, jax.Array], jax.Array]:

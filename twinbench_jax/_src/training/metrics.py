@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from twinbench_jax._src import types
 from twinbench_jax._src.core import auc as auc_lib
 from twinbench_jax._src.core import pvalues as pvalues_lib
 from twinbench_jax._src.core import ranking
@@ -72,7 +73,7 @@ class AucF1Metric:
 
   def update(self, rows: jax.Array, scores: jax.Array, relevance: jax.Array,
              own_scores: jax.Array, null_own_scores: jax.Array, *,
-             ties: str = "average") -> "AucF1Metric":
+             ties: types.Ties = "average") -> "AucF1Metric":
     """Adds a batch of `b` queries at positions `rows`.
 
     Args:
