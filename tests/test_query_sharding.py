@@ -98,6 +98,13 @@ def compare_all() -> dict:
       got = tb.label_null(x, y, perm, mesh=mesh, candidate_level=True)
       bad += _mismatches(f"{name}.label.perm", got,
                          tb.label_null(x, y, perm, candidate_level=True), label_f)
+      if full:  # [Q, C] results split by rows need equal blocks: 130 rows over 4 refused
+        try:
+          tb.label_null(xu, yu, mesh=mesh)
+          bad.append("uneven label_null accepted")
+        except ValueError as e:
+          if "not a multiple of 4" not in str(e):
+            bad.append(f"uneven label_null message: {e}")
       # Per-device memory: each device holds Q/n rows of the [Q, C] outputs.
       n = mesh.shape["queries"]
       stats[f"{name}_shard_rows"] = sorted({s.data.shape[0] for s in
