@@ -747,7 +747,7 @@ def pseudobulk(
     layer: Optional[str] = None,
     normalize: Optional[str] = None,
     chunk_size: Optional[int] = None,
-    progress: bool = False,
+    progress: bool = True,
 ) -> Pseudobulk:
   """Pseudobulk profile (mean expression) of every perturbation (SPEC §7).
 
@@ -763,7 +763,7 @@ def pseudobulk(
       (log1p of counts per 10,000 per cell) or ``"log1p_cpm"`` (per million).
       Normalisation is per cell, before averaging.
     chunk_size: cells read at a time (`None`: about 4 million entries per block).
-    progress: show a progress bar.
+    progress: show a progress bar (default True: on a terminal only).
 
   Returns:
     A `Pseudobulk`, perturbations sorted by label.

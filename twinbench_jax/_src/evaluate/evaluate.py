@@ -55,7 +55,7 @@ def evaluate(
     seed: int = 0,
     baselines: Sequence[str] = baselines_lib.BASELINES,
     chunk_size: Optional[int] = None,
-    progress: bool = False,
+    progress: bool = True,
     name: str = "model",
     direction: str = "pred_to_real",
     candidate_level: bool = False,
@@ -156,7 +156,8 @@ def evaluate(
       Perturbations with fewer than 2 real cells are left out of the
       split-half (with a note).
     chunk_size: cells read at a time (default: about 4 million entries).
-    progress: show progress bars while reading.
+    progress: show progress bars (default True, as in every function
+      here: a bar on a terminal only, nothing in logs or pipes).
     name: what to call the predictions in the report and its plots.
     direction: the rank direction (SPEC §2). ``"pred_to_real"`` (default):
       each prediction ranks the real perturbation profiles, the truth's rank

@@ -143,7 +143,7 @@ class Settings:
   Attributes:
     labels, expression, genes, null, scoring: the groups.
     name: what to call the predictions in the report.
-    progress: show progress bars while reading.
+    progress: show progress bars (on a terminal only).
   """
 
   labels: LabelSettings = LabelSettings()
@@ -152,7 +152,7 @@ class Settings:
   null: NullSettings = NullSettings()
   scoring: ScoringSettings = ScoringSettings()
   name: str = "model"
-  progress: bool = False
+  progress: bool = True
 
   def report_settings(self, *, perturbation_key: str, pred_perturbation_key: str,
                       control: Optional[str], pred: str, real: str) -> dict[str, Any]:
