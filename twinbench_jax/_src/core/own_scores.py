@@ -161,6 +161,7 @@ class _Mode(NamedTuple):
 
   context: Callable  # (y [C, G], rel [Q, C], w [Q, C]) -> dict
   score: Callable  # (x, s [Q, C] or None, ctx) -> [Q]
+  reads_scores: bool = False  # whether `score` reads `s` (the others need only the truth)
 
 
 def _paired(metric: str) -> Callable:
@@ -200,7 +201,8 @@ _MODES = {
     "pearson": _Mode(_unit_context(True), _unit_dot(True)),
     "full": _Mode(lambda y, rel, w: {"weights": w, "rel": rel},
                   lambda x, s, ctx: jnp.sum(jnp.where(ctx["rel"], s, 0.0) * ctx["weights"],
-                                            axis=1)),
+                                            axis=1),
+                  reads_scores=True),
     # A constant truth (zero variance) has no R^2: NaN or -inf, which never beats a null.
     "r2": _Mode(_r2_context, lambda x, s, ctx: 1.0 - _sum_of_squares(x, ctx) / ctx["offset"]),
     "corr": _Mode(
@@ -220,7 +222,7 @@ def own_mode(own_score: str, metric: str, single: bool) -> str:
 
 def needs_scores(mode: str) -> bool:
   """Whether the mode reads the `[Q, C]` similarities (the others need only the truth)."""
-  return mode == "full"
+  return _MODES[mode].reads_scores
 
 
 @functools.partial(jax.jit, static_argnames=("mode",))

@@ -534,6 +534,9 @@ class SimilarityMetric:
   # Whether bitwise identical predictions can get different rows of scores (a
   # matmul tiles them by position), so `all_pairs` must copy the first one's row.
   rounds_by_row: ClassVar[bool] = True
+  # Whether `host_distances` has a compiled CPU loop, and the scoring kernel its
+  # one-excluded-gene paths (drop one gene's term from the all-gene sum).
+  host_loop: ClassVar[bool] = False
 
   def pairwise(self, x: jax.Array, y: jax.Array, *, exact: bool = True) -> jax.Array:
     """`[Q, C]` scores of `x` `[Q, G]` against `y` `[C, G]` (no identical-rows guard)."""
@@ -573,6 +576,13 @@ class SimilarityMetric:
     """`[Q, C]` distances (minus the scores) from a compiled host loop, or None when none pays."""
     del x, y
     return None
+
+  def magnitude_bound(self, n_genes: int, biggest: float) -> float:
+    """A bound on the kernel's intermediates for profiles with `|x| <= biggest` over `n_genes`.
+
+    `4 G max|x|^2` for the squared norms of the distances, cosine and Pearson.
+    """
+    return 4 * n_genes * biggest * biggest
 
 
 def _sum_of_squares(x: jax.Array, truth: jax.Array) -> jax.Array:
@@ -622,6 +632,7 @@ class L1(SimilarityMetric):
 
   name: ClassVar[str] = "l1"
   rounds_by_row: ClassVar[bool] = False  # each pair is summed on its own
+  host_loop: ClassVar[bool] = True
 
   def pairwise(self, x, y, *, exact=True):
     del exact  # every pair is an exact sum already
@@ -639,6 +650,9 @@ class L1(SimilarityMetric):
     if jax.default_backend() != "cpu" or not native.available():
       return None
     return native.l1_distances(x, y)
+
+  def magnitude_bound(self, n_genes, biggest):
+    return 2 * n_genes * biggest
 
 
 @dataclasses.dataclass(frozen=True)

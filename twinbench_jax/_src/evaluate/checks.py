@@ -11,6 +11,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from twinbench_jax._src.core import similarity as similarity_lib
 from twinbench_jax._src.data import profiles as profiles_lib
 from twinbench_jax._src.evaluate import scoring
 
@@ -97,7 +98,7 @@ def check_magnitude(x: np.ndarray, who: str, metric: str) -> None:
   biggest = max(float(np.max(x)), -float(np.min(x)))
   g = x.shape[-1]
   limit = float(np.finfo(dtype).max) / 64
-  bound = 2 * g * biggest if metric == "l1" else 4 * g * biggest * biggest
+  bound = similarity_lib.get_metric(metric).magnitude_bound(g, biggest)
   if not bound <= limit:
     raise ValueError(
         f"{who} holds values up to {biggest:.3g}: {metric} distances over {g} genes could "

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from twinbench_jax._src.core import similarity as similarity_lib
 from twinbench_jax._src.evaluate import settings as settings_lib
 from twinbench_jax._src.evaluate import target_genes as targets_lib
 
@@ -76,9 +77,4 @@ def fill_excluded(x, keep, metric: str, xp):
   terms vanish), and for Pearson each vector's mean over its kept genes (the
   mean is unchanged and the centred values there are 0). `xp` is `np` or `jnp`.
   """
-  if metric == "pearson":
-    n_kept = xp.maximum(keep.sum(axis=-1, keepdims=True), 1)
-    fill = xp.where(keep, x, 0.0).sum(axis=-1, keepdims=True) / n_kept
-  else:
-    fill = 0.0
-  return xp.where(keep, x, fill)
+  return similarity_lib.get_metric(metric).fill_excluded(x, keep, xp)

@@ -75,12 +75,14 @@ def score_kernel(x, y, truth, rows, exclude, l1, *, metric, k, ties,
   # Whether the distances `l1` less each excluded gene stand in for the masked sums
   # (`l1_less_one_gene`); when not, the caller runs the kernel again without `l1`.
   trusted = jnp.asarray(True)
+  one_gene = (exclude is not None and exclude.shape[1] == 1
+              and similarity_lib.get_metric(metric).host_loop)
   if exclude is None:
     s = -l1 if l1 is not None else similarity_lib._similarity(x, y, metric=metric)[rows]
     cross = s[:, truth]  # [i, j]: own score of prediction i against the truth of query j
-  elif metric == "l1" and exclude.shape[1] == 1 and l1 is not None:
+  elif one_gene and l1 is not None:
     s, cross, trusted = l1_less_one_gene(x, y, truth, rows, exclude[:, 0], l1)
-  elif metric == "l1" and exclude.shape[1] == 1:
+  elif one_gene:
     s, cross = l1_one_gene_excluded(x, y, truth, rows, exclude[:, 0])
   else:
     s, cross = excluded_scores(x, y, truth, rows, exclude, metric)
@@ -173,7 +175,8 @@ def _run_score_kernel(x, y, truth, rows, exclude, l1=None, **kwargs):
 
 def uses_host_l1(metric: str, exclude) -> bool:
   """Whether `_host_l1` computes the distances for this metric and exclusion."""
-  return (metric == "l1" and (exclude is None or np.shape(exclude)[1] == 1)
+  return (similarity_lib.get_metric(metric).host_loop
+          and (exclude is None or np.shape(exclude)[1] == 1)
           and jax.default_backend() == "cpu" and native.available())
 
 
