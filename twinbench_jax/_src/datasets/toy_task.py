@@ -27,6 +27,8 @@ from typing import Dict, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from twinbench_jax._src.core import checks
+
 
 class ToyTask(NamedTuple):
   """Train and held-out perturbations of the synthetic task.
@@ -91,8 +93,7 @@ def make_toy_task(
   """
   for name, value in (("n_train", n_train), ("n_test", n_test), ("n_features", n_features),
                       ("n_genes", n_genes)):
-    if int(value) != value or value < 1:
-      raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+    checks.check_positive_int(value, name)
   for name, value in (("popular_scale", popular_scale), ("specific_scale", specific_scale),
                       ("noise", noise)):
     if not value >= 0:

@@ -91,8 +91,7 @@ def evaluate_arrays(
       `ranks`, `own_scores` and `pvalues` (`correct` is False), and the
       curve and every summary are NaN; a non-finite reference poisons all.
   """
-  x = validation.as_float_array(predictions, "predictions", ndim=2)
-  y = validation.as_float_array(references, "references", ndim=2)
+  x, y = checks.check_profile_pair(predictions, references)
   if relevance is None:
     if x.shape[0] != y.shape[0]:
       raise ValueError(
@@ -108,14 +107,6 @@ def evaluate_arrays(
                        f"got {tuple(rel.shape)}")
     validation.check_every_query_has_relevant(rel)
     single = own_lib.single_relevant(rel)
-  if x.shape[1] != y.shape[1]:
-    raise ValueError(
-        f"`predictions` and `references` must have the same number of features (genes), got "
-        f"predictions {tuple(x.shape)} and references {tuple(y.shape)}")
-  if x.shape[1] == 0:
-    raise ValueError(
-        f"`predictions` and `references` have no features (genes): shapes {tuple(x.shape)} and "
-        f"{tuple(y.shape)}; with G = 0 every candidate would tie")
   checks.check_metric(metric)
   checks.check_ties(ties)
   checks.check_k(k)

@@ -8,6 +8,7 @@ from typing import Optional
 import jax
 
 from twinbench_jax._src.core import auc as auc_lib
+from twinbench_jax._src.core import checks
 from twinbench_jax._src.core import pvalues as pvalues_lib
 from twinbench_jax._src.core import ranking
 
@@ -63,8 +64,7 @@ class NullResult:
 
   def auc_f1(self, *, k: int = 1, ties: str = "average") -> auc_lib.AucF1Result:
     """Query-level AUC-F1 (SPEC §4): called at α when `p_q <= α`, correct when rank <= `k`."""
-    if k < 1:
-      raise ValueError(f"`k` must be >= 1, got {k}")
+    checks.check_k(k)
     return auc_lib.auc_f1(self.pvalues, self.ranks(ties=ties) <= k)
 
   def candidate_auc_f1(self) -> auc_lib.AucF1Result:
