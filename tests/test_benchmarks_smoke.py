@@ -159,7 +159,7 @@ def test_soft_training_aux_is_the_loss_factory():
   np.testing.assert_allclose(
       float(bench_soft_training.aux_loss("soft_hit", params, x[rows], rows, refs, key)),
       float(1.0 - jnp.mean(tb.soft_hit_at_k(tb.soft_truth_ranks(s, rel, relative="global"),
-                                            1))), rtol=1e-6)
+                                            k=1))), rtol=1e-6)
 
 
 def test_soft_training_tiny(tmp_path):

@@ -30,7 +30,7 @@ def test_similarity_rejects_mismatched_gene_counts_and_non_matrices():
 
 def test_scores_and_relevance_of_different_shapes_are_rejected():
   for fn in (tb.truth_ranks, tb.own_scores, tb.cross_own_scores,
-             lambda s, r: tb.recall_at_k(s, r, 1)):
+             lambda s, r: tb.recall_at_k(s, r, k=1)):
     with pytest.raises(ValueError, match="`scores` and `relevance`"):
       fn(S, np.eye(3, 5, dtype=bool))
 
@@ -97,7 +97,7 @@ def test_query_without_relevant_candidate_is_rejected_naming_the_row():
   rel = REL.copy()
   rel[1] = False
   message = r"`relevance`: 1 query has no relevant candidate \(row 1\)"
-  for fn in (tb.truth_ranks, lambda s, r: tb.relevant_in_top_k(s, r, 2),
+  for fn in (tb.truth_ranks, lambda s, r: tb.relevant_in_top_k(s, r, k=2),
              lambda s, r: tb.evaluate_arrays(np.zeros((3, 2)), np.zeros((4, 2)), r)):
     with pytest.raises(ValueError, match=message):
       fn(S, rel)
@@ -161,7 +161,7 @@ def test_unknown_metric_ties_and_adjust_are_rejected():
   with pytest.raises(ValueError, match="`ties` 'random'"):
     tb.truth_ranks(S, REL, ties="random")
   with pytest.raises(ValueError, match="`ties`"):
-    tb.recall_at_k(S, REL, 1, ties="random")
+    tb.recall_at_k(S, REL, k=1, ties="random")
   with pytest.raises(ValueError, match="`ties`"):
     tb.evaluate_arrays(np.zeros((2, 2)), np.zeros((2, 2)), ties="random")
   with pytest.raises(ValueError, match="`adjust`"):
@@ -169,7 +169,7 @@ def test_unknown_metric_ties_and_adjust_are_rejected():
 
 
 def test_k_below_one_is_rejected():
-  for fn in (lambda: tb.precision_at_k(S, REL, 0), lambda: tb.f1_at_k(S, REL, 0),
+  for fn in (lambda: tb.precision_at_k(S, REL, k=0), lambda: tb.f1_at_k(S, REL, k=0),
              lambda: tb.evaluate_arrays(np.zeros((2, 2)), np.zeros((2, 2)), k=0)):
     with pytest.raises(ValueError, match="`k` must be >= 1"):
       fn()
@@ -205,7 +205,7 @@ def test_nan_scores_rank_like_minus_infinity(seed):
     ranks = np.asarray(tb.truth_ranks(s, rel, ties=ties))
     np.testing.assert_array_equal(ranks, np.asarray(tb.truth_ranks(as_inf, rel, ties=ties)))
     np.testing.assert_array_equal(ranks, ref.truth_ranks(s, rel, ties))
-    np.testing.assert_allclose(np.asarray(tb.relevant_in_top_k(s, rel, 2, ties=ties)),
+    np.testing.assert_allclose(np.asarray(tb.relevant_in_top_k(s, rel, k=2, ties=ties)),
                                ref.relevant_in_top_k(s, rel, 2, ties), rtol=1e-6)
   # a real score never loses to a NaN in the top-1 counts
   counts = np.asarray(tb.top1_counts(s))

@@ -111,12 +111,12 @@ def test_rank_zero_is_refused_rather_than_an_infinite_mrr():
                                        r"at query 0"):
     tb.reciprocal_rank(np.array([0.0, 2.0], np.float32))
   with pytest.raises(ValueError, match=r"`ranks`.*found np.float32\(-1.0\) at query 1"):
-    tb.hit_at_k(np.array([1.0, -1.0], np.float32), 1)
+    tb.hit_at_k(np.array([1.0, -1.0], np.float32), k=1)
 
 
 def test_valid_ranks_keep_their_closed_forms():
   ranks = np.array([1.0, 2.0, 4.0], np.float32)
-  assert float(tb.hit_at_k(ranks, 2)) == pytest.approx(2 / 3)
+  assert float(tb.hit_at_k(ranks, k=2)) == pytest.approx(2 / 3)
   assert float(tb.reciprocal_rank(ranks)) == pytest.approx((1 + 0.5 + 0.25) / 3)
   rel = np.eye(3, 4, dtype=bool)  # 3 non-relevant candidates per query: ranks up to 4
   np.testing.assert_allclose(np.asarray(tb.normalized_rank(ranks, rel, reduce_fn=None)),

@@ -120,7 +120,7 @@ def test_input_ignoring_model_gets_pvalue_one_and_auc_zero():
   memory = (truth + 0.5 * rng.normal(size=truth.shape)).astype(np.float32)
   # good predictions, but recalled from memory, not computed from the input
   ranks, p = _model_null(lambda a: memory + 0.0 * a, truth, truth, jax.random.key(2))
-  assert float(tb.hit_at_k(ranks, 1)) > 0.5
+  assert float(tb.hit_at_k(ranks, k=1)) > 0.5
   np.testing.assert_array_equal(np.asarray(p), 1.0)
   assert float(tb.auc_f1(p, ranks <= 1).auc) == 0.0
 
