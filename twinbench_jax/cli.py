@@ -706,6 +706,7 @@ def _add_demo_parser(sub) -> None:
   _add_cache_flag(demo)
   demo.set_defaults(func=run_demo)
 
+
 def _add_cache_flag(group) -> None:
   group.add_argument("--no-cache", action="store_true",
                      help="do not use the compiled-kernel cache (JAX's persistent compilation "

@@ -83,33 +83,36 @@ def plot_f1_curves(report, ax=None):
   return ax
 
 
+def _histogram(ax, report, column, bins, xlabel, title):
+  # one per-perturbation column over the perturbations, in the model's colour
+  ax = _new_axes(ax)
+  ax.hist(report.per_perturbation[column].to_numpy(), bins=bins, color=_COLORS["model"],
+          edgecolor="white")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel("perturbations")
+  ax.set_title(title, fontsize=10)
+  return ax
+
+
 def plot_rank_histogram(report, ax=None):
   """Histogram of the truth's rank (1 = best) over queries."""
-  ax = _new_axes(ax)
-  ranks = report.per_perturbation["rank"].to_numpy()
   n_c = int(report.summary["n_candidates"])
-  bins = np.arange(0.5, n_c + 1.5, max(1, int(np.ceil(n_c / 50))))
-  ax.hist(ranks, bins=bins, color=_COLORS["model"], edgecolor="white")
-  ax.set_xlabel(f"rank of the own prediction among {n_c} predictions (1 = best)"
-                if _reverse(report) else f"rank of the truth among {n_c} candidates (1 = best)")
-  ax.set_ylabel("perturbations")
-  ax.set_title(f"hit@1 {report.summary['hit_at_1']:.3f}, mean rank "
-               f"{report.summary['mean_rank']:.2f}", fontsize=10)
-  return ax
+  return _histogram(
+      ax, report, "rank", np.arange(0.5, n_c + 1.5, max(1, int(np.ceil(n_c / 50)))),
+      f"rank of the own prediction among {n_c} predictions (1 = best)"
+      if _reverse(report) else f"rank of the truth among {n_c} candidates (1 = best)",
+      f"hit@1 {report.summary['hit_at_1']:.3f}, mean rank {report.summary['mean_rank']:.2f}")
 
 
 def plot_pvalue_histogram(report, ax=None):
   """Histogram of the per-query p-values, with the α = 0.05 line."""
-  ax = _new_axes(ax)
-  p = report.per_perturbation["pvalue"].to_numpy()
-  ax.hist(p, bins=np.linspace(0, 1, 21), color=_COLORS["model"], edgecolor="white")
   alpha = report.summary.get("alpha", 0.05)
+  ax = _histogram(ax, report, "pvalue", np.linspace(0, 1, 21),
+                  f"p-value ({report.summary['null']} null)",
+                  f"called at α={alpha}: {report.summary['fraction_called']:.2f} "
+                  f"(BH {report.summary['fraction_called_bh']:.2f})")
   ax.axvline(alpha, color="k", ls=":", lw=1)
   ax.set_xlim(0, 1)
-  ax.set_xlabel(f"p-value ({report.summary['null']} null)")
-  ax.set_ylabel("perturbations")
-  ax.set_title(f"called at α={alpha}: {report.summary['fraction_called']:.2f} "
-               f"(BH {report.summary['fraction_called_bh']:.2f})", fontsize=10)
   return ax
 
 

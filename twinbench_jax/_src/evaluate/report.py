@@ -39,6 +39,11 @@ def json_safe(x: Any) -> Any:
   return x
 
 
+def _from_summary(key: str, doc: str) -> property:
+  # a read-only view of one `summary` field, so the field is written in one place
+  return property(lambda self: self.summary[key], doc=doc)
+
+
 @dataclasses.dataclass(frozen=True)
 class Report:
   """Result of `tb.evaluate`: summary, per-perturbation table, curves, plots.
@@ -84,26 +89,11 @@ class Report:
             f"mrr={s['mrr']:.3f}, n_queries={s['n_queries']}, null={s['null']!r}, "
             f"n_null={s['n_null']}, baselines: {base or 'none'})")
 
-  @property
-  def auc_f1(self) -> float:
-    return self.summary["auc_f1"]
-
-  @property
-  def hit_at_1(self) -> float:
-    return self.summary["hit_at_1"]
-
-  @property
-  def mrr(self) -> float:
-    return self.summary["mrr"]
-
-  @property
-  def n_queries(self) -> int:
-    return self.summary["n_queries"]
-
-  @property
-  def baselines(self) -> Mapping[str, float]:
-    """Baseline name → AUC-F1."""
-    return self.summary["baselines"]
+  auc_f1 = _from_summary("auc_f1", "The model's AUC-F1 (SPEC §4), a float.")
+  hit_at_1 = _from_summary("hit_at_1", "Fraction of queries whose truth ranks first, a float.")
+  mrr = _from_summary("mrr", "Mean reciprocal rank of the truth, a float.")
+  n_queries = _from_summary("n_queries", "Number of queries (perturbations), an int.")
+  baselines = _from_summary("baselines", "Baseline name → AUC-F1.")
 
   @property
   def notes(self) -> tuple[str, ...]:

@@ -21,7 +21,6 @@ block as the whole matrix (see `query_sharding`).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, Callable, Optional
 
@@ -45,25 +44,9 @@ QUERIES = query_sharding.QUERY_AXIS
 REPLICATES = sharding.AXIS
 
 
-@dataclasses.dataclass(frozen=True)
-class _Settings:
-  """Static settings of the kernel (hashable: one compilation per value).
-
-  Attributes:
-    mesh: the mesh, with a ``"queries"`` axis and optionally a ``"replicates"`` one.
-    per_group: replicates per query group per kernel call (a multiple of `batch * nq`).
-    batch: replicates one device predicts at once (vmapped).
-    metric: similarity metric.
-    mode: own-score mode (`own_scores.own_mode`).
-    candidate_level: whether `[Q, C]` exceedance counts are streamed too.
-  """
-
-  mesh: Mesh
-  per_group: int
-  batch: int
-  metric: str
-  mode: str
-  candidate_level: bool
+# The static settings: `streaming.KernelSettings` over the query mesh, `per_device`
+# replicates per query group per call (a multiple of `batch * nq`).
+_Settings = streaming.KernelSettings
 
 
 def check_mesh(mesh: Any) -> Mesh:
@@ -145,15 +128,15 @@ def _chunk(start, n_null, key, params, inputs, x_obs, split, y, *, apply, random
 
   def local(start, n_null, key, params, inputs, x_obs, split, y):
     group = jax.lax.axis_index(REPLICATES) if REPLICATES in axes else 0
-    first = start + group * settings.per_group
+    first = start + group * settings.per_device
     step_size = jax.lax.axis_size(QUERIES) * settings.batch
-    n_iter = (jnp.clip(n_null - first, 0, settings.per_group) + step_size - 1) // step_size
+    n_iter = (jnp.clip(n_null - first, 0, settings.per_device) + step_size - 1) // step_size
     predict = jax.vmap(lambda i: apply(params, randomize(jax.random.fold_in(key, i), inputs)))
     body = functools.partial(_group_step, first=first, n_null=n_null, predict=predict,
                              x_obs=x_obs, own_rows=split["own"], s_rows=split["s"],
                              ctx=dict(split["ctx"], y=y), settings=settings)
     rows = x_obs.shape[0] // jax.lax.axis_size(QUERIES)
-    init = {"own": jnp.zeros((settings.per_group, rows), x_obs.dtype),
+    init = {"own": jnp.zeros((settings.per_device, rows), x_obs.dtype),
             "bad": jnp.zeros((), jnp.int32)}
     if settings.candidate_level:
       init["counts"] = jnp.zeros((rows, y.shape[0]), jnp.int32)

@@ -32,8 +32,10 @@ class KernelSettings:
   """The static settings of a chunk kernel: hashable, one compilation per value.
 
   Attributes:
-    mesh: the 1-D device mesh replicates are split over (`sharding.replicate_mesh`).
-    per_device: replicates each device handles per kernel call.
+    mesh: the 1-D device mesh replicates are split over (`sharding.replicate_mesh`),
+      or `query_model`'s mesh (a ``"queries"`` axis, optionally ``"replicates"``).
+    per_device: replicates each device (each query group, for `query_model`)
+      handles per kernel call.
     batch: replicates vmapped together on a device.
     metric: the similarity metric.
     mode: own-score mode (`own_scores.own_mode`).

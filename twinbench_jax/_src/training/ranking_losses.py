@@ -46,7 +46,13 @@ ReduceFn = types.ReduceFn
 DEFAULT_TEMPERATURE = 0.1
 
 
-def _inputs(scores, relevance, where):
+def _inputs(scores, relevance, where, temperature, relative):
+  """Checked `(scores, relevance, valid mask, temperature in score units)` of a loss."""
+  s, rel, valid = _arrays(scores, relevance, where)
+  return s, rel, valid, _temperature(temperature, s, valid, relative)
+
+
+def _arrays(scores, relevance, where):
   s = validation.as_float_array(scores, "scores", ndim=2)
   rel = validation.as_bool_array(relevance, "relevance", ndim=2)
   validation.check_same_shape(s, rel, "scores", "relevance")
@@ -124,8 +130,7 @@ def softmax_ce_loss(scores: jax.Array, relevance: jax.Array, *,
   Returns:
     A scalar, or `[Q]` values when `reduce_fn` is None.
   """
-  s, rel, valid = _inputs(scores, relevance, where)
-  tau = _temperature(temperature, s, valid, relative)
+  s, rel, valid, tau = _inputs(scores, relevance, where, temperature, relative)
   ok = rel & valid
   logp = jax.nn.log_softmax(jnp.where(valid, s / tau, 0.0), axis=1, where=valid)
   n_rel = jnp.sum(ok, axis=1)
@@ -154,8 +159,7 @@ def pairwise_logistic_loss(scores: jax.Array, relevance: jax.Array, *,
   Returns:
     A scalar, or `[Q]` values when `reduce_fn` is None.
   """
-  s, rel, valid = _inputs(scores, relevance, where)
-  tau = _temperature(temperature, s, valid, relative)
+  s, rel, valid, tau = _inputs(scores, relevance, where, temperature, relative)
   neg = ~rel & valid
   margin = (_truth_score(s, rel, valid) - s) / tau
   n_neg = jnp.sum(neg, axis=1)
@@ -179,8 +183,7 @@ def approx_truth_ranks(scores: jax.Array, relevance: jax.Array, *,
   Returns:
     `[Q]` approximate ranks in `[1, 1 + #non-relevant]`.
   """
-  s, rel, valid = _inputs(scores, relevance, where)
-  tau = _temperature(temperature, s, valid, relative)
+  s, rel, valid, tau = _inputs(scores, relevance, where, temperature, relative)
   return _approx_ranks(s, rel, valid, tau)
 
 
@@ -198,17 +201,10 @@ def approx_mrr_loss(scores: jax.Array, relevance: jax.Array, *,
 
   rax's `approx_t12n(mrr_metric)` with our rank approximation; minimum 0 when
   the truth is ahead of every other candidate by many temperatures, at most
-  `1 - 1/(1 + #non-relevant)`.
-
-  Args:
-    scores, relevance, temperature, relative, where, reduce_fn: as in
-      `softmax_ce_loss`.
-
-  Returns:
-    A scalar, or `[Q]` values when `reduce_fn` is None.
+  `1 - 1/(1 + #non-relevant)`. Arguments and return value as in
+  `softmax_ce_loss`: a scalar, or `[Q]` values when `reduce_fn` is None.
   """
-  s, rel, valid = _inputs(scores, relevance, where)
-  tau = _temperature(temperature, s, valid, relative)
+  s, rel, valid, tau = _inputs(scores, relevance, where, temperature, relative)
   values = 1.0 - 1.0 / _approx_ranks(s, rel, valid, tau)
   return _reduce(values, jnp.any(rel & valid, axis=1), reduce_fn)
 
