@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 
 import twinbench_jax as tb
-from twinbench_jax._src.soft import relaxation as soft
+from twinbench_jax._src.soft import ranks as soft_ranks
+from twinbench_jax._src.soft import temperatures as temperatures_lib
 
 
 def _data(q, c, b, key=0):
@@ -175,14 +176,14 @@ def permutahedron_soft_ranks(theta, eps):
 
 
 def _perm_truth_ranks(scores, rel, tau):
-  eps = tau * soft.score_spread(scores)
+  eps = tau * temperatures_lib.score_spread(scores)
   ranks = jax.vmap(lambda row: permutahedron_soft_ranks(row, eps))(scores)
   return jnp.sum(jnp.where(rel, ranks, 0.0), axis=1)  # identity relevance: one truth per row
 
 
 def _pair_truth_ranks(scores, rel, tau):
   # the projection's ε is in units of the score spread: compare at the same units
-  return soft.soft_truth_ranks(scores, rel, temperature=tau, relative="global")
+  return soft_ranks.soft_truth_ranks(scores, rel, temperature=tau, relative="global")
 
 
 def soft_rank_table(q, reps, temperatures):

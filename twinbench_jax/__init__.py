@@ -62,15 +62,10 @@ from twinbench_jax._src.training.ranking_losses import (
 )
 from twinbench_jax._src.core.relevance import relevance_from_labels
 from twinbench_jax._src.core.similarity import METRICS, similarity
-from twinbench_jax._src.soft.relaxation import (
-    SoftTemperatures,
-    soft_auc_f1,
-    soft_called,
-    soft_empirical_pvalues,
-    soft_f1_curve,
-    soft_hit_at_k,
-    soft_truth_ranks,
-)
+from twinbench_jax._src.soft.area import soft_auc_f1, soft_f1_curve
+from twinbench_jax._src.soft.pvalues import soft_called, soft_empirical_pvalues
+from twinbench_jax._src.soft.ranks import soft_hit_at_k, soft_truth_ranks
+from twinbench_jax._src.soft.temperatures import SoftTemperatures
 from twinbench_jax._src.version import METRIC_VERSION, __version__
 
 if _typing.TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs

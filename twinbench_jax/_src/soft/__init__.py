@@ -1,4 +1,4 @@
 """The differentiable AUC-F1: `temperatures`, soft `ranks`, soft `pvalues`, soft `area`.
 
-Built on `core`; `relaxation` gathers the public functions of the four modules.
+Built on `core`; the public names are re-exported by `twinbench_jax/__init__.py`.
 """
