@@ -215,7 +215,7 @@ def own_mode(own_score: str, metric: str, single: bool) -> str:
   """The mode of `own_score` for `metric` (`single`: one relevant candidate per query)."""
   if own_score != "similarity":
     return {"r2": "r2", "pearson": "corr"}[own_score]
-  if metric in ("euclidean", "l1") and not single:
+  if not similarity_lib.get_metric(metric).mean_has_closed_form and not single:
     return "full"  # a mean of distances has no O(G) form
   return metric
 

@@ -537,6 +537,9 @@ class SimilarityMetric:
   # Whether `host_distances` has a compiled CPU loop, and the scoring kernel its
   # one-excluded-gene paths (drop one gene's term from the all-gene sum).
   host_loop: ClassVar[bool] = False
+  # Whether the mean score over several truths has an O(G) form (the own score
+  # then needs only the truths, not the `[Q, C]` scores): not for a norm.
+  mean_has_closed_form: ClassVar[bool] = True
 
   def pairwise(self, x: jax.Array, y: jax.Array, *, exact: bool = True) -> jax.Array:
     """`[Q, C]` scores of `x` `[Q, G]` against `y` `[C, G]` (no identical-rows guard)."""
@@ -615,6 +618,7 @@ class Euclidean(SimilarityMetric):
   """`-|x - y|`, the square root of the guarded squared distance (zero gradient at 0)."""
 
   name: ClassVar[str] = "euclidean"
+  mean_has_closed_form: ClassVar[bool] = False
 
   def pairwise(self, x, y, *, exact=True):
     return -_safe_sqrt(squared_distances(x, y, exact=exact))
@@ -631,6 +635,7 @@ class L1(SimilarityMetric):
   """`-|x - y|_1`, in blocks of queries; on CPU the compiled loop of `core/native.py`."""
 
   name: ClassVar[str] = "l1"
+  mean_has_closed_form: ClassVar[bool] = False
   rounds_by_row: ClassVar[bool] = False  # each pair is summed on its own
   host_loop: ClassVar[bool] = True
 
