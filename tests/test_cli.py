@@ -231,6 +231,9 @@ def test_demo_writes_the_pair_and_evaluates_three_models(tmp_path, capsys):
     report = json.loads((out / model / "report.json").read_text())
     assert report["n_queries"] == 8
     assert (out / model / "f1_alpha.png").is_file()
+    # the report names the inputs where they are, not in the folder staged before the swap
+    assert report["settings"]["pred"] == str(out / f"pred_{model}.h5ad")
+    assert report["settings"]["real"] == str(out / "real.h5ad")
   assert "hit@1" in stdout and "mean rank" in stdout and "AUC-F1" in stdout
 
 
@@ -245,3 +248,5 @@ def test_demo_on_real_data(papalexi_path, tmp_path, capsys):
   assert report["auc_f1"] > max(report["baselines"].values())
   assert report["baselines"]["mean"] == 0.0 and report["baselines"]["control"] == 0.0
   assert (out / "report" / "f1_alpha.png").is_file()
+  assert report["settings"]["pred"] == str(out / "pred.h5ad")
+  assert (out / "pred.h5ad").is_file() and report["settings"]["real"] == str(out / "real.h5ad")

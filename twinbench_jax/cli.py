@@ -32,7 +32,7 @@ import os
 import signal
 import sys
 import warnings
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -416,6 +416,17 @@ def _demo_table(rows, out) -> None:
         file=out)
 
 
+def _name_final_inputs(report: Any, staging: str, out: str) -> None:
+  """Points the report's `pred`/`real` settings at the demo files where they end up.
+
+  The demo scores files written in the staging folder, which is renamed to
+  `out` at the end; the report must name the files that exist afterwards.
+  """
+  settings = report.summary["settings"]
+  for key in ("pred", "real"):
+    settings[key] = os.path.join(out, os.path.relpath(settings[key], staging))
+
+
 def run_demo(args: argparse.Namespace, out=None) -> int:
   out = sys.stdout if out is None else out
   if args.real is not None:
@@ -460,6 +471,7 @@ def run_demo(args: argparse.Namespace, out=None) -> int:
       _write_h5ad(pred_path, np.asarray(pred), labels, genes, control="control")
       report = evaluate_lib.evaluate(pred_path, real_path, metric=args.metric, seed=args.seed,
                                      name=f"{_DEMO_NAMES[name]} model")
+      _name_final_inputs(report, tmp, args.out)
       report.save(os.path.join(tmp, name))
       reports[name] = report
       s = report.summary
@@ -518,6 +530,7 @@ def _run_real_demo(args: argparse.Namespace, out) -> int:
         control=control if control is not None else False, normalize=normalize,
         metric=args.metric, seed=args.seed, baselines=("mean", "control"), unmatched="keep_real",
         name="split-half (half A predicts half B)")
+    _name_final_inputs(report, tmp, args.out)
     report.save(os.path.join(tmp, "report"))
   s = report.summary
   rows = [(s["settings"]["name"], s["hit_at_1"], s["mean_rank"], s["auc_f1"])]
