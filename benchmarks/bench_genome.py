@@ -42,7 +42,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +52,8 @@ if __package__ in (None, ""):
 
 import twinbench_jax as tb  # noqa: E402
 from benchmarks import _common  # noqa: E402
+from benchmarks import bench_null  # noqa: E402
+from benchmarks.bench_null import linear_apply  # noqa: E402
 
 # (Q = C, G, replicates on a CPU, memory-table Q = C, memory-table G) per preset.
 SIZES = {"full": (10_000, 8_000, (1, 3), 4096, 2048),
@@ -63,21 +64,12 @@ B_TARGET = 1000
 
 
 def _problem(q, g, d=D, seed=0):
-  rng = np.random.default_rng(seed)
-  w = (rng.normal(size=(d, g)) / np.sqrt(d)).astype(np.float32)
-  inputs = rng.normal(size=(q, d)).astype(np.float32)
-  refs = (inputs @ w + rng.normal(size=(q, g))).astype(np.float32)
-  return jnp.asarray(w), jnp.asarray(inputs), jnp.asarray(refs)
-
-
-def linear_apply(w, x):
-  return x @ w
+  # bench_null's linear problem with as many candidates as queries (the same draws)
+  return bench_null._problem(q, q, g, d, seed=seed)
 
 
 def _seconds(fn):
-  t0 = time.perf_counter()
-  jax.block_until_ready(fn())
-  return time.perf_counter() - t0
+  return _common.timed(fn)[0]
 
 
 def speed(q: int, g: int, counts: tuple, log) -> dict:
