@@ -119,10 +119,10 @@ t1 = time.perf_counter()
 args = cli.build_parser().parse_args(sys.argv[1:])
 args.own_process = True
 cli._no_automatic_gc()  # as the command does
-cli._enable_compilation_cache(args)
-import h5py
-from twinbench_jax._src.core import native
-native.available()
+cli._enable_compilation_cache(args)  # also the numpy twin's check (no numba when it passed)
+if cli._draws_plots(args):
+  cli._lean_matplotlib()
+import h5py, anndata
 t2 = time.perf_counter()
 from twinbench_jax._src.evaluate import evaluate as ev
 kw = dict(control=args.control, metric=args.metric, delta=args.delta,
@@ -189,9 +189,11 @@ def _top_imports(text: str, n: int = 8) -> list[tuple[str, float]]:
 _STEP_LABELS = [
     ("interpreter", "Python start-up (`python -c pass`)"),
     ("imports", "`import twinbench_jax.cli` (jax, numpy, pandas, scipy, ...)"),
-    ("lazy_imports", "imports made on first use: h5py, numba's loops (L1 distances)"),
+    ("lazy_imports", "imports made on first use: anndata, h5py; the command's set-up "
+     "(compilation cache, matplotlib's core)"),
     ("first_call_extra", "first `evaluate` call beyond the second: JAX's tracing and lowering, "
-     "compiled kernels from the cache, numba's first dispatch (its loops from its cache)"),
+     "compiled kernels from the cache (the L1 distances from numpy's copy of the loop, numba "
+     "not imported)"),
     ("computation", "`evaluate` itself (a second call in the same process)"),
     ("report_files", "report.json, per_perturbation.csv"),
     ("matplotlib_import", "matplotlib import"),
@@ -213,8 +215,12 @@ _TRIED = [
     "1.15x, slower: its own numpy, pandas and matplotlib imports cost more CPU than they "
     "take off the critical path when the cores are busy",
     "XLA's L1 instead of numba's loop for small problems (saves numba's import and first "
-    "dispatch, 0.2-0.4 s): not done, the distances differ in the last bits (17 of 25 "
-    "`own_score` values on Papalexi, up to 3.8e-6), so the reports would not stay identical",
+    "dispatch, 0.3-0.5 s): not done, the distances differ in the last bits (17 of 25 "
+    "`own_score` values on Papalexi, up to 3.8e-6), so the reports would not stay identical; "
+    "numpy adding in the loop's own lanes (`core/l1_lanes.py`, used once a check on the "
+    "machine passed) gives the same bits and is kept",
+    "matplotlib imported without the docstrings of its artists' `set` methods "
+    "(`cli._lean_matplotlib`): 0.29 to 0.13 s for the import alone, kept",
 ]
 
 

@@ -18,18 +18,29 @@ of `threads`. Without numba, or with the environment variable
 ``TWINBENCH_NUMBA=0``, `available()` is False and callers keep their
 numpy/scipy/XLA path; both paths are tested against each other.
 
+Small L1 problems can skip numba altogether (`host_l1`): `l1_lanes` adds
+in the loop's lanes with numpy, and is used once a check on this machine
+has found both equal (`keep_checks_in`; the command line keeps the check in
+its cache folder).
+
 Nothing here imports JAX.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.util
+import json
 import os
+import platform
 import sys
+import tempfile
 from typing import Optional
 
 import numpy as np
 
+from twinbench_jax._src.core import l1_lanes
 from twinbench_jax._src.core import threads
 
 # Below this many |x - y| terms the distances are computed on the calling thread.
@@ -39,6 +50,12 @@ _L1_THREADED_TERMS = 1 << 22
 # wins back only at about 1e8 entries (0.3 s faster at 50,000 cells x 2,000 genes, 0.06 s
 # at 10,000 x 2,000, 0.01 s at 8,000 x 300, on 2 cores). Both give the same sums, bit for bit.
 GROUP_SUMS_MIN_ENTRIES = 10**8
+# |x - y| terms up to which `host_l1` takes numpy's `l1_lanes` (about 0.15 s at 1e8 on one
+# core) over importing numba and loading the loop (about 0.45 s), where the two are equal.
+NUMPY_L1_MAX_TERMS = 10**8
+
+# Folder of the record of `_l1_lanes_check` (None: no record, numba for every L1).
+_checks_dir: Optional[str] = None
 
 
 def enabled_by_environment() -> bool:
@@ -147,3 +164,119 @@ def l1_distances(x: np.ndarray, y: np.ndarray, *, n_threads: Optional[int] = Non
   ranges = [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
   threads.run_all(lambda r: kernel(x, y, y_tail, out, r[0], r[1]), ranges, n)
   return out
+
+
+# ----------------------------------------------------------------------------- numpy twin
+
+
+def keep_checks_in(directory: Optional[str]) -> None:
+  """Where `host_l1` keeps and reads its check of `l1_lanes` against the loop (None: nowhere).
+
+  With no folder (the default), `host_l1` always uses the compiled loop.
+  """
+  global _checks_dir
+  _checks_dir = directory
+
+
+@functools.lru_cache(maxsize=1)
+def _machine_key() -> dict:
+  """What the loop's order of additions may depend on: CPU, numba, llvmlite, sources."""
+  cpu = platform.processor()
+  try:
+    with open("/proc/cpuinfo") as f:  # the first processor's model and instruction sets
+      first = f.read().split("\n\n")[0]
+    cpu = "\n".join(line for line in first.splitlines()
+                    if line.startswith(("model name", "flags", "Features", "CPU part")))
+  except OSError:
+    pass
+  installed = {}
+  for name in ("numba", "llvmlite"):
+    spec = importlib.util.find_spec(name)
+    origin = getattr(spec, "origin", None)
+    if origin is None:
+      return {}
+    st = os.stat(origin)  # a reinstall writes the file anew
+    installed[name] = [origin, st.st_size, st.st_mtime_ns]
+  sources = hashlib.sha256()
+  for module in ("native_kernels.py", "l1_lanes.py"):
+    with open(os.path.join(os.path.dirname(__file__), module), "rb") as f:
+      sources.update(f.read())
+  return dict(machine=platform.machine(), cpu=cpu, installed=installed,
+              sources=sources.hexdigest(),
+              environment={k: v for k, v in sorted(os.environ.items()) if k.startswith("NUMBA_")})
+
+
+def _record_path() -> Optional[str]:
+  if _checks_dir is None:
+    return None
+  key = _machine_key()
+  if not key:
+    return None
+  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+  return os.path.join(_checks_dir, f"l1-lanes-{digest}.json")
+
+
+def _numpy_twin_checked(dtype) -> bool:
+  """Whether this machine's record says `l1_lanes` equals the loop for `dtype`."""
+  path = _record_path()
+  if path is None:
+    return False
+  try:
+    with open(path) as f:
+      return json.load(f).get(np.dtype(dtype).name) is True
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
+def _l1_lanes_check() -> None:
+  """Compares `l1_lanes` with the loop on `l1_lanes.probe` and records the outcome.
+
+  Once per machine (the record's name holds `_machine_key`), when a folder
+  is set. The record is written to a temporary file and renamed, so a
+  reader sees all of it or nothing; an unwritable folder leaves no record.
+  """
+  path = _record_path()
+  if path is None or os.path.exists(path):
+    return
+  outcome = {np.dtype(d).name: l1_lanes.matches(l1_distances, d) for d in l1_lanes.LANES}
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".l1-lanes-")
+    with os.fdopen(fd, "w") as f:
+      json.dump(outcome, f)
+    os.replace(tmp, path)
+  except OSError:
+    pass
+
+
+def host_l1(x: np.ndarray, y: np.ndarray) -> Optional[np.ndarray]:
+  """`[Q, C]` L1 distances from the compiled loop or its numpy twin, or None without either.
+
+  The numpy twin (`l1_lanes`) is taken for at most `NUMPY_L1_MAX_TERMS`
+  terms when numba is not loaded yet and this machine's record (see
+  `keep_checks_in`) says the two agree for this dtype: the same numbers
+  without numba's start-up. Otherwise the loop, which also writes the
+  record when a folder is set and it is missing. None when the loops are
+  off or numba is missing (callers use XLA).
+
+  Args:
+    x: `[Q, G]` float32 or float64.
+    y: `[C, G]`, the same dtype.
+  """
+  if not enabled_by_environment():
+    return None
+  small = x.shape[0] * y.shape[0] * x.shape[1] <= NUMPY_L1_MAX_TERMS
+  if small and not loaded() and _numpy_twin_checked(x.dtype):
+    return l1_lanes.l1_distances(x, y)
+  if not available():
+    return None
+  out = l1_distances(x, y)
+  _l1_lanes_check()
+  return out
+
+
+def host_l1_possible() -> bool:
+  """Whether `host_l1` can give distances: the loops, or a record for the numpy twin."""
+  if not enabled_by_environment():
+    return False
+  return any(_numpy_twin_checked(d) for d in l1_lanes.LANES) or available()
