@@ -55,6 +55,8 @@ _OFF = ("0", "false", "no", "off")
 _ON = ("", "1", "true", "yes", "on")
 # Subfolder of the cache folder with the check behind `native.host_l1`'s numpy twin.
 NATIVE_CHECKS = "native"
+# Subfolder of the cache folder with the kernels' executables (`executables`).
+EXECUTABLES = "executables"
 
 
 def compilation_cache_dir(no_cache: bool = False) -> Optional[str]:
@@ -89,7 +91,9 @@ def _enable_compilation_cache(args: argparse.Namespace) -> Optional[str]:
   decompress, and JAX then compiles anew (the warning it gives is silenced here). An
   unwritable folder leaves the cache off.
 
-  The folder's `native/` subfolder keeps the outcome of checking, once per
+  Its `executables/` subfolder keeps the score kernels as executables,
+  loaded without tracing (`evaluate/executables.py`). Its `native/` subfolder
+  keeps the outcome of checking, once per
   machine, that numpy's copy of the L1 loop (`core/l1_lanes.py`) adds in the
   same order as numba's: where it does, small L1 problems skip importing
   numba (`native.host_l1`), with the same numbers.
@@ -108,8 +112,10 @@ def _enable_compilation_cache(args: argparse.Namespace) -> Optional[str]:
   import jax
 
   from twinbench_jax._src.core import native
+  from twinbench_jax._src.evaluate import executables
 
   native.keep_checks_in(os.path.join(directory, NATIVE_CHECKS))
+  executables.keep_in(os.path.join(directory, EXECUTABLES))
   jax.config.update("jax_compilation_cache_dir", directory)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -21,6 +21,7 @@ from twinbench_jax._src.core import pvalues as pvalues_lib
 from twinbench_jax._src.core import ranking
 from twinbench_jax._src.core import similarity as similarity_lib
 from twinbench_jax._src.core import validation
+from twinbench_jax._src.evaluate import executables
 from twinbench_jax._src.evaluate import report as report_lib
 
 # p-value threshold of the `called` column and of `fraction_called`.
@@ -170,7 +171,8 @@ _SMALL_SCORES = 1 << 18
 def _run_score_kernel(x, y, truth, rows, exclude, l1=None, **kwargs):
   small = ((x.shape[0] + y.shape[0]) * x.shape[1] <= _SMALL
            and rows.shape[0] * y.shape[0] <= _SMALL_SCORES)
-  return (_score_jit_small if small else _score_jit)(x, y, truth, rows, exclude, l1, **kwargs)
+  kernel, name = (_score_jit_small, "score_small") if small else (_score_jit, "score")
+  return executables.call(kernel, name, x, y, truth, rows, exclude, l1, **kwargs)
 
 
 def uses_host_l1(metric: str, exclude) -> bool:
@@ -226,8 +228,8 @@ class Scored:
 
   def with_pvalues(self, pvalues: np.ndarray, k: int) -> "Scored":
     """The same ranks with p-values from another null."""
-    curve, bh = _finish_kernel(jnp.asarray(pvalues, default_float()),
-                               jnp.asarray(self.ranks, default_float()), k)
+    curve, bh = executables.call(_finish_kernel, "finish", jnp.asarray(pvalues, default_float()),
+                                 jnp.asarray(self.ranks, default_float()), k=k)
     return dataclasses.replace(self, pvalues=np.asarray(pvalues, np.float64),
                                pvalues_bh=np.asarray(bh, np.float64),
                                curve=report_lib.curve_to_numpy(curve))
