@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +17,7 @@ import pytest
 from twinbench_jax._src.evaluate import executables
 from twinbench_jax._src.evaluate import scoring
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRACES = []
 
 
@@ -124,3 +129,68 @@ def test_score_kernel_through_the_store(store):
     for field in ("ranks", "own", "pvalues", "pvalues_bh", "top1", "popularity"):
       np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
     assert a.gini == b.gini and float(a.curve.auc) == float(b.curve.auc)
+
+
+# ----------------------------------------------------------------------------- new processes
+
+_PROCESS = textwrap.dedent("""
+    import json, os, pickle, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.experimental import serialize_executable
+    cache, mode = sys.argv[1], sys.argv[2]
+    jax.config.update("jax_compilation_cache_dir", os.path.join(cache, "jax"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    from twinbench_jax._src.evaluate import executables
+
+    @jax.jit
+    def kernel(x, y):
+      d = jnp.abs(x[:, None, :] - y[None]).sum(-1)
+      return jnp.argsort(d, axis=1), jnp.cumsum(d, axis=0), jnp.broadcast_to(d.max(), (3, 4))
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((6, 9)), jnp.float32)
+    y = jnp.asarray(rng.standard_normal((5, 9)), jnp.float32)
+    store = os.path.join(cache, "executables")
+    if mode == "plain":  # JAX's cache only
+      out = kernel(x, y)
+    elif mode == "foreign":  # an entry serialised from JAX's cache: does not run elsewhere
+      compiled = kernel.lower(x, y).compile()
+      os.makedirs(store, exist_ok=True)
+      with open(os.path.join(store, executables._key("k", (x, y), {}) + ".exe"), "wb") as f:
+        pickle.dump(serialize_executable.serialize(compiled), f)
+      out = compiled(x, y)
+    else:
+      executables.keep_in(store)
+      out = executables.call(kernel, "k", x, y)
+    print(json.dumps([np.asarray(v).tolist() for v in out]))
+""")
+
+
+def _process(cache, mode):
+  env = {**os.environ, "PYTHONPATH": REPO}
+  res = subprocess.run([sys.executable, "-c", _PROCESS, str(cache), mode], env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stderr[-2000:]
+  return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow  # processes of their own
+def test_entries_run_in_new_processes_after_jax_cached_the_kernel(tmp_path):
+  # JAX's cache holds the kernel first: the stored entry must still be a whole executable.
+  plain = _process(tmp_path, "plain")
+  assert _process(tmp_path, "store") == plain
+  (entry,) = os.listdir(tmp_path / "executables")
+  assert _process(tmp_path, "store") == plain  # loaded in a new process, and it runs
+  assert os.listdir(tmp_path / "executables") == [entry]
+
+
+@pytest.mark.slow  # processes of their own
+def test_an_entry_that_does_not_run_is_replaced(tmp_path):
+  plain = _process(tmp_path, "plain")
+  assert _process(tmp_path, "foreign") == plain
+  (entry,) = os.listdir(tmp_path / "executables")
+  foreign = (tmp_path / "executables" / entry).read_bytes()
+  assert _process(tmp_path, "store") == plain  # the foreign entry failed, was replaced
+  assert (tmp_path / "executables" / entry).read_bytes() != foreign
+  assert _process(tmp_path, "store") == plain  # and the replacement runs

@@ -206,39 +206,40 @@ def _machine_key() -> dict:
               environment={k: v for k, v in sorted(os.environ.items()) if k.startswith("NUMBA_")})
 
 
-def _record_path() -> Optional[str]:
-  if _checks_dir is None:
+def _record_path(dtype) -> Optional[str]:
+  if _checks_dir is None or np.dtype(dtype) not in l1_lanes.LANES:
     return None
   key = _machine_key()
   if not key:
     return None
   digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-  return os.path.join(_checks_dir, f"l1-lanes-{digest}.json")
+  return os.path.join(_checks_dir, f"l1-lanes-{digest}-{np.dtype(dtype).name}.json")
 
 
 def _numpy_twin_checked(dtype) -> bool:
   """Whether this machine's record says `l1_lanes` equals the loop for `dtype`."""
-  path = _record_path()
+  path = _record_path(dtype)
   if path is None:
     return False
   try:
     with open(path) as f:
-      return json.load(f).get(np.dtype(dtype).name) is True
+      return json.load(f).get("same") is True
   except (OSError, ValueError, AttributeError):
     return False
 
 
-def _l1_lanes_check() -> None:
+def _l1_lanes_check(dtype) -> None:
   """Compares `l1_lanes` with the loop on `l1_lanes.probe` and records the outcome.
 
-  Once per machine (the record's name holds `_machine_key`), when a folder
-  is set. The record is written to a temporary file and renamed, so a
-  reader sees all of it or nothing; an unwritable folder leaves no record.
+  Once per machine and dtype (the record's name holds `_machine_key`), when
+  a folder is set. The record is written to a temporary file and renamed,
+  so a reader sees all of it or nothing; an unwritable folder leaves no
+  record.
   """
-  path = _record_path()
+  path = _record_path(dtype)
   if path is None or os.path.exists(path):
     return
-  outcome = {np.dtype(d).name: l1_lanes.matches(l1_distances, d) for d in l1_lanes.LANES}
+  outcome = {"same": l1_lanes.matches(l1_distances, dtype)}
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".l1-lanes-")
@@ -271,12 +272,12 @@ def host_l1(x: np.ndarray, y: np.ndarray) -> Optional[np.ndarray]:
   if not available():
     return None
   out = l1_distances(x, y)
-  _l1_lanes_check()
+  _l1_lanes_check(x.dtype)
   return out
 
 
-def host_l1_possible() -> bool:
-  """Whether `host_l1` can give distances: the loops, or a record for the numpy twin."""
+def host_l1_possible(dtype) -> bool:
+  """Whether `host_l1` can give `dtype` distances: the loops, or a record for the numpy twin."""
   if not enabled_by_environment():
     return False
-  return any(_numpy_twin_checked(d) for d in l1_lanes.LANES) or available()
+  return _numpy_twin_checked(dtype) or available()

@@ -179,7 +179,7 @@ def uses_host_l1(metric: str, exclude) -> bool:
   """Whether `_host_l1` computes the distances for this metric and exclusion."""
   return (similarity_lib.get_metric(metric).host_loop
           and (exclude is None or np.shape(exclude)[1] == 1)
-          and jax.default_backend() == "cpu" and native.host_l1_possible())
+          and jax.default_backend() == "cpu" and native.host_l1_possible(default_float()))
 
 
 def _host_l1(x: np.ndarray, y: np.ndarray, rows: np.ndarray, metric: str, exclude
