@@ -222,8 +222,8 @@ _TRIED = [
     "matplotlib imported without the docstrings of its artists' `set` methods "
     "(`cli._lean_matplotlib`): 0.29 to 0.13 s for the import alone, kept",
     "the score kernels stored as XLA executables and loaded without tracing or lowering "
-    "(`evaluate/executables.py`): 1.45 to 1.30 s on Papalexi (4 runs each), the same reports, "
-    "kept",
+    "(`evaluate/executables.py`): twinbench's median on Papalexi 1.46 s before, 1.37 s "
+    "after (this benchmark, 7 pairs each), the same reports, kept",
 ]
 
 

@@ -81,7 +81,7 @@ def l1_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
   main, tail = LANES[x.dtype]
   q, c, g = x.shape[0], y.shape[0], x.shape[1]
   out = np.zeros((q, c), x.dtype)
-  step = max(1, BLOCK_TERMS // max(1, c * g))
+  step = max(1, BLOCK_TERMS // max(1, c * max(g, main)))  # the terms or the lanes, if more
   for lo in range(0, q, step):
     d = np.abs(x[lo:lo + step, None, :] - y[None, :, :])
     out[lo:lo + step] = _block(d, main, tail)
