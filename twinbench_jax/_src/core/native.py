@@ -28,6 +28,7 @@ Nothing here imports JAX.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -35,11 +36,11 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from typing import Optional
 
 import numpy as np
 
+from twinbench_jax._src.core import files
 from twinbench_jax._src.core import l1_lanes
 from twinbench_jax._src.core import threads
 
@@ -240,14 +241,8 @@ def _l1_lanes_check(dtype) -> None:
   if path is None or os.path.exists(path):
     return
   outcome = {"same": l1_lanes.matches(l1_distances, dtype)}
-  try:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".l1-lanes-")
-    with os.fdopen(fd, "w") as f:
-      json.dump(outcome, f)
-    os.replace(tmp, path)
-  except OSError:
-    pass
+  with contextlib.suppress(OSError):
+    files.write_whole(path, json.dumps(outcome).encode())
 
 
 def host_l1(x: np.ndarray, y: np.ndarray) -> Optional[np.ndarray]:

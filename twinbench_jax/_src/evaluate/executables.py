@@ -31,11 +31,12 @@ import functools
 import hashlib
 import os
 import pickle
-import tempfile
 from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
+
+from twinbench_jax._src.core import files
 
 # Folder of the stored executables (None: every call goes through `jax.jit` as usual).
 _dir: Optional[str] = None
@@ -103,11 +104,7 @@ def _store(path: str, compiled) -> None:
 
   try:
     blob = pickle.dumps(serialize_executable.serialize(compiled))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".exe-")
-    with os.fdopen(fd, "wb") as f:
-      f.write(blob)
-    os.replace(tmp, path)
+    files.write_whole(path, blob)
   except Exception:  # noqa: BLE001 - an unwritable folder or an unserialisable program
     pass
 
