@@ -863,8 +863,8 @@ def _lean_matplotlib() -> None:
   """Imports matplotlib without writing the docstrings of its artists' `set` methods.
 
   Each `Artist` subclass lists all its properties in the docstring of its
-  `set` method when the class is created (`matplotlib.artist.kwdoc`): a
-  third of importing `matplotlib.figure` (0.15 of 0.28 s), for text nobody
+  `set` method when the class is created (`matplotlib.artist.kwdoc`): about
+  half of importing `matplotlib.figure` (0.16 of 0.29 s), for text nobody
   reads in a command that only saves PNGs. In a process of its own only:
   `Report.save` called from Python leaves the user's matplotlib as it is.
   Figures are unchanged (only docstrings are); when matplotlib's figures are

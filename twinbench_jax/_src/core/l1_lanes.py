@@ -13,8 +13,9 @@ by the compiler for the CPU. This module writes one such order out:
   (`p[l] + p[l + 4]`, ...), then the last genes one by one.
 
 Each `|x - y|` and each addition is one IEEE operation in the input dtype,
-so where the compiled loop adds in this order (LLVM's choice on x86-64 CPUs
-with AVX2 or AVX-512, checked by `matches`), the two give the same bits.
+so where the compiled loop adds in this order (LLVM's choice on the x86-64
+AVX-512 machine this was read from; another CPU or LLVM may choose others,
+which `matches` tells), the two give the same bits.
 `native.host_l1` uses it only on a machine where that check has passed: it
 saves importing numba (about half a second) on small problems.
 
